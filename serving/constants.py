@@ -1,0 +1,22 @@
+"""Service-wide constants, in one place. Model scaling constants live in ``model_spec.ModelSpec``."""
+
+MODEL_NAME = "colorizer"
+
+# Ports (TorchServe defaults).
+HTTP_PORT = 8080
+MANAGEMENT_PORT = 8081
+METRICS_PORT = 8082
+GRPC_PORT = 7070
+GRPC_MANAGEMENT_PORT = 7071
+
+# Input acceptance.
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP; above -> 413
+INPUT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # Pillow format names
+INPUT_FORMATS_HUMAN = "JPEG, PNG, WebP, BMP, TIFF, GIF (first frame)"
+
+# Output encoding.
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+FALLBACK_OUTPUT_FORMAT = "png"
+DEFAULT_QUALITY = 90
+PNG_COMPRESS_LEVEL = 1  # level 6 (Pillow's default) costs ~40x more time for ~10% smaller files

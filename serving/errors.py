@@ -1,0 +1,75 @@
+"""Typed errors raised at the service boundary, and the ONE place that maps them to status codes.
+
+Every error carries a machine-readable ``kind`` and a human message that says what
+was wrong and what is accepted. ``error_response`` turns any exception into
+(HTTP status, JSON body); unknown exceptions become a generic 500 ``internal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ColorizerError(Exception):
+    """Base class: a request the service refuses, with its status."""
+
+    kind = "internal"
+    http_status = 500
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": self.kind, "message": str(self)}
+
+
+class EmptyInput(ColorizerError):
+    kind = "empty_input"
+    http_status = 400
+
+
+class NotAnImage(ColorizerError):
+    kind = "not_an_image"
+    http_status = 400
+
+
+class CorruptImage(ColorizerError):
+    kind = "corrupt_image"
+    http_status = 400
+
+
+class UnsupportedFormat(ColorizerError):
+    kind = "unsupported_format"
+    http_status = 400
+
+
+class InvalidOption(ColorizerError):
+    kind = "invalid_option"
+    http_status = 400
+
+
+class ImageTooLarge(ColorizerError):
+    kind = "image_too_large"
+    http_status = 413
+
+
+# HTTP status -> gRPC status code name, for clients and documentation. TorchServe's
+# gRPC frontend derives the gRPC status from the HTTP status the handler sets.
+GRPC_CODE_FOR_HTTP = {400: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
+
+ERROR_KINDS = tuple(
+    cls.kind
+    for cls in (
+        EmptyInput,
+        NotAnImage,
+        CorruptImage,
+        UnsupportedFormat,
+        InvalidOption,
+        ImageTooLarge,
+        ColorizerError,
+    )
+)
+
+
+def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Map any exception to (HTTP status, JSON body). Unknown errors hide their details."""
+    if isinstance(exc, ColorizerError):
+        return exc.http_status, exc.to_body()
+    return 500, {"error": "internal", "message": "internal error while colorizing; see server logs"}

@@ -1,0 +1,181 @@
+"""Image bytes <-> tensors: decode, validate, orient, keep alpha aside, encode.
+
+Pillow's decompression-bomb guard stays on; our own, lower pixel cap is checked
+from the header before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving.constants import (
+    CONTENT_TYPES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_QUALITY,
+    FALLBACK_OUTPUT_FORMAT,
+    INPUT_FORMATS,
+    INPUT_FORMATS_HUMAN,
+    OUTPUT_FORMATS,
+    PNG_COMPRESS_LEVEL,
+)
+from serving.errors import (
+    CorruptImage,
+    EmptyInput,
+    ImageTooLarge,
+    InvalidOption,
+    NotAnImage,
+    UnsupportedFormat,
+)
+
+_PILLOW_TO_OUTPUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+@dataclass
+class DecodedImage:
+    """A decoded photo.
+
+    - ``rgb``: (3, H, W) float32 in [0, 1], EXIF orientation applied
+    - ``alpha``: (H, W) float32 in [0, 1], or None when the input had no alpha
+    - ``source_format``: Pillow's format name of the input (e.g. "JPEG")
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    source_format: str
+
+    @property
+    def megapixels(self) -> float:
+        return self.rgb.shape[-1] * self.rgb.shape[-2] / 1e6
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image is too large to decode safely ({exc})") from exc
+    except UnidentifiedImageError:
+        pass
+    try:
+        other = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise NotAnImage(
+            f"the request body is not an image Pillow can read; accepted formats: {INPUT_FORMATS_HUMAN}"
+        ) from exc
+    raise UnsupportedFormat(
+        f"image format {other.format} is not supported; accepted formats: {INPUT_FORMATS_HUMAN}"
+    )
+
+
+def _high_bit_gray(img: Image.Image) -> np.ndarray:
+    """16-bit / 32-bit / float single-channel image -> (H, W) float32 in [0, 1]."""
+    arr = np.asarray(img, dtype=np.float32)
+    if img.mode == "F":
+        top = 1.0 if arr.size and float(arr.max()) <= 1.0 else 255.0
+    elif img.mode.startswith("I;16"):
+        top = 65535.0
+    else:  # "I": 16-bit PNGs decode to this mode
+        top = 255.0 if arr.size and float(arr.max()) <= 255.0 else 65535.0
+    return np.clip(arr / top, 0.0, 1.0)
+
+
+def _to_tensors(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        gray = torch.from_numpy(_high_bit_gray(img))
+        return gray.expand(3, -1, -1).contiguous(), None
+    has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
+    rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    tensor = torch.from_numpy(rgba.copy()).permute(2, 0, 1).float() / 255.0
+    if has_alpha:
+        return tensor[:3].contiguous(), tensor[3].contiguous()
+    return tensor, None
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes (first frame), apply EXIF orientation, keep alpha aside.
+
+    Raises EmptyInput, NotAnImage, UnsupportedFormat, CorruptImage (400) or ImageTooLarge (413).
+    """
+    if not data:
+        raise EmptyInput(f"the request carried no image; send the bytes of one {INPUT_FORMATS_HUMAN} file")
+    img = _open(data)
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP; "
+            f"at most {max_pixels / 1e6:.1f} MP is accepted"
+        )
+    source_format = img.format or "UNKNOWN"
+    try:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb, alpha = _to_tensors(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image is too large to decode safely ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImage(f"the {source_format} image is truncated or corrupt: {exc}") from exc
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+
+
+def parse_quality(value: str | int | None) -> int:
+    """Validate an output quality option (1-100); None -> the default."""
+    if value is None or value == "":
+        return DEFAULT_QUALITY
+    try:
+        quality = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOption(f"quality must be an integer from 1 to 100, got {value!r}") from None
+    if not 1 <= quality <= 100:
+        raise InvalidOption(f"quality must be an integer from 1 to 100, got {quality}")
+    return quality
+
+
+def choose_output_format(requested: str | None, accept: str | None, source_format: str | None) -> str:
+    """Output format: explicit option, else the Accept header, else the input's, else PNG."""
+    if requested:
+        fmt = requested.strip().lower()
+        fmt = "jpeg" if fmt == "jpg" else fmt
+        if fmt not in OUTPUT_FORMATS:
+            raise InvalidOption(
+                f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {requested!r}"
+            )
+        return fmt
+    if accept:
+        for part in accept.split(","):
+            media = part.split(";")[0].strip().lower()
+            for fmt, content_type in CONTENT_TYPES.items():
+                if media == content_type:
+                    return fmt
+    return _PILLOW_TO_OUTPUT.get((source_format or "").upper(), FALLBACK_OUTPUT_FORMAT)
+
+
+def to_uint8_hwc(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> np.ndarray:
+    """(3, H, W) float [0, 1] (+ optional (H, W) alpha) -> (H, W, 3|4) uint8 array."""
+    planes = rgb if alpha is None else torch.cat((rgb, alpha[None]), dim=0)
+    return (planes.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def encode_image(
+    rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, quality: int = DEFAULT_QUALITY
+) -> bytes:
+    """Encode (3, H, W) float [0, 1] RGB (+ alpha, dropped for JPEG) as jpeg, png or webp bytes."""
+    if fmt == "jpeg":
+        alpha = None
+    pixels = to_uint8_hwc(rgb, alpha)
+    img = Image.fromarray(pixels, mode="RGBA" if alpha is not None else "RGB")
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=quality)
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", quality=quality)
+    elif fmt == "png":
+        img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        raise InvalidOption(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    return buf.getvalue()

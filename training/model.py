@@ -1,0 +1,202 @@
+"""The Deep Koalarization network (Baldassarre et al. 2017) and its config.
+
+    l_224 (B,1,224,224) in [-1,1] --encoder--> (B,256,28,28) ----------------+
+    gray_299 (B,1,299,299) in [-1,1] -> x3 channels -> backbone -> (B,E) ----+-> tile 28x28,
+        concat (B,256+E,28,28) -> 1x1 conv 256 + ReLU -> decoder -> ab (B,2,224,224) in [-1,1]
+
+The embedding is the backbone's class-logit vector (E = 1001 as in the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class ColorizerConfig:
+    """Network shape. Defaults are the paper's network (~62.4 M parameters)."""
+
+    backbone: str = "inception_resnet_v2"
+    embed_dim: int = 1001  # backbone classes; 1000 when loading timm ImageNet weights
+    encoder_channels: tuple[int, ...] = (64, 128, 128, 256, 256, 512, 512, 256)
+    encoder_strides: tuple[int, ...] = (2, 1, 2, 1, 2, 1, 1, 1)
+    fusion_channels: int = 256
+    # conv, up, conv, conv, up, conv, (conv 2 + tanh), up
+    decoder_channels: tuple[int, int, int, int] = (128, 64, 64, 32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ColorizerConfig:
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
+
+
+PRESETS: dict[str, ColorizerConfig] = {
+    "full": ColorizerConfig(),
+    # A quarter of the widths and a small backbone: trains on a CPU.
+    "compact": ColorizerConfig(
+        backbone="mobilenetv3_small_100",
+        embed_dim=1000,
+        encoder_channels=(16, 32, 32, 64, 64, 128, 128, 64),
+        fusion_channels=64,
+        decoder_channels=(32, 16, 16, 8),
+    ),
+}
+
+
+def preset(name: str, **overrides) -> ColorizerConfig:
+    """A named config ('full' or 'compact') with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
+
+
+class Encoder(nn.Sequential):
+    """(B, 1, 224, 224) -> (B, C_last, 28, 28): eight 3x3 conv + ReLU."""
+
+    def __init__(self, channels: tuple[int, ...], strides: tuple[int, ...]) -> None:
+        if len(channels) != len(strides):
+            raise ValueError("encoder_channels and encoder_strides must have the same length")
+        c_ins = (1,) + tuple(channels[:-1])
+        super().__init__(*(_conv(i, o, s) for i, o, s in zip(c_ins, channels, strides)))
+
+
+class Fusion(nn.Module):
+    """Tile the (B, E) embedding over the (B, C, h, w) features, concat, 1x1 conv + ReLU."""
+
+    def __init__(self, feature_channels: int, embed_dim: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(feature_channels + embed_dim, out_channels, 1)
+
+    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        tiled = embedding[:, :, None, None].expand(b, embedding.shape[1], h, w)
+        return F.relu(self.conv(torch.cat((features, tiled.to(features.dtype)), dim=1)))
+
+
+class Decoder(nn.Module):
+    """(B, C, 28, 28) -> (B, 2, 224, 224) in [-1, 1]."""
+
+    def __init__(self, c_in: int, widths: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = widths
+        self.stage1 = _conv(c_in, c1)
+        self.stage2 = nn.Sequential(_conv(c1, c2), _conv(c2, c3))
+        self.stage3 = _conv(c3, c4)
+        self.head = nn.Conv2d(c4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.stage1(x), scale_factor=2.0, mode="nearest")
+        x = F.interpolate(self.stage2(x), scale_factor=2.0, mode="nearest")
+        x = torch.tanh(self.head(self.stage3(x)))
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class Colorizer(nn.Module):
+    """forward(l_224 (B,1,224,224), gray_299 (B,1,299,299)), both in [-1, 1]
+    -> a*b* (B, 2, 224, 224) in [-1, 1] (times ModelSpec.ab_scale gives Lab units)."""
+
+    def __init__(self, config: ColorizerConfig = ColorizerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.encoder_channels, config.encoder_strides)
+        self.backbone = timm.create_model(
+            config.backbone, pretrained=False, num_classes=config.embed_dim
+        )
+        self.fusion = Fusion(config.encoder_channels[-1], config.embed_dim, config.fusion_channels)
+        self.decoder = Decoder(config.fusion_channels, config.decoder_channels)
+
+    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(l_224)  # (B, C, 28, 28)
+        embedding = self.backbone(gray_299.expand(-1, 3, -1, -1))  # (B, E)
+        return self.decoder(self.fusion(features, embedding))  # (B, 2, 224, 224)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def backbone_weights_classes(backbone: str, path: str | Path) -> int:
+    """Number of classes in a backbone weight file (read from its classifier weight)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    head = timm.create_model(backbone, pretrained=False).pretrained_cfg.get("classifier")
+    state = _read_state_dict(path)
+    key = f"{head}.weight"
+    if key not in state:
+        raise ValueError(f"{path} has no classifier weight {key!r}; is it a {backbone} checkpoint?")
+    return int(state[key].shape[0])
+
+
+def load_backbone_weights(model: Colorizer, path: str | Path) -> None:
+    """Load ImageNet weights for the backbone from a local safetensors / torch state-dict file.
+
+    Never downloads. Raises FileNotFoundError or ValueError naming missing/unexpected keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    state = _read_state_dict(path)
+    expected = model.backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"{path} does not match backbone {model.config.backbone!r} "
+            f"(embed_dim={model.config.embed_dim}): "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"wrong shape {wrong_shape[:5]}"
+        )
+    model.backbone.load_state_dict(state)
+
+
+def build_model(config: ColorizerConfig, backbone_weights: str | Path | None = None) -> Colorizer:
+    """Build the network; optionally load local backbone weights."""
+    model = Colorizer(config)
+    if backbone_weights is not None:
+        load_backbone_weights(model, backbone_weights)
+    return model
+
+
+__all__ = [
+    "ColorizerConfig",
+    "Colorizer",
+    "PRESETS",
+    "preset",
+    "build_model",
+    "count_parameters",
+    "load_backbone_weights",
+    "backbone_weights_classes",
+]
