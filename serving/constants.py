@@ -20,3 +20,10 @@ CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 FALLBACK_OUTPUT_FORMAT = "png"
 DEFAULT_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # level 6 (Pillow's default) costs ~40x more time for ~10% smaller files
+
+# Autoscaling signal: inference requests per second, from TorchServe's own counter in
+# Prometheus mode. The serving tests prove this query on a real Prometheus; the k8s
+# prometheus-adapter rule and HPA use the same one.
+REQUEST_COUNTER = "ts_inference_requests_total"
+RATE_WINDOW = "1m"
+REQUEST_RATE_PROMQL = f'sum(rate({REQUEST_COUNTER}{{model_name="{MODEL_NAME}"}}[{RATE_WINDOW}]))'
