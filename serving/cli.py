@@ -18,6 +18,10 @@ COMMAND_MODULES = (
     "training.train",
     "training.export",
     "training.evaluate",
+    "serving.archive",
+    "serving.server",
+    "serving.client",
+    "serving.bench",
 )
 
 

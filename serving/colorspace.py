@@ -67,7 +67,7 @@ def _lab_f_inv(f: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB (..., 3, H, W) in [0, 1] -> CIELAB (..., 3, H, W): L in [0, 100], a/b ~[-128, 127]."""
+    """sRGB (..., 3, H, W) in [0, 1] -> CIELAB (..., 3, H, W): L [0, 100], a/b ~[-128, 127]."""
     _check_channels(rgb, "rgb")
     xyz = _apply_matrix(_matrix(_XYZ_FROM_RGB, rgb), srgb_to_linear(rgb))
     white = torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
@@ -79,7 +79,7 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """CIELAB (..., 3, H, W) -> sRGB (..., 3, H, W) clipped to [0, 1]; out-of-gamut Lab is clipped."""
+    """CIELAB (..., 3, H, W) -> sRGB (..., 3, H, W) in [0, 1]; out-of-gamut Lab is clipped."""
     _check_channels(lab, "lab")
     lightness, a, b = lab.unbind(dim=-3)
     fy = (lightness + 16.0) / 116.0
@@ -93,6 +93,6 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 
 def lightness_to_gray(lightness: torch.Tensor) -> torch.Tensor:
-    """L (any shape) in [0, 100] -> gamma-encoded gray value in [0, 1] (the sRGB of Lab (L, 0, 0))."""
+    """L (any shape) in [0, 100] -> gamma-encoded gray in [0, 1]: the sRGB of Lab (L, 0, 0)."""
     y = _lab_f_inv((lightness + 16.0) / 116.0)
     return linear_to_srgb(y).clamp(0.0, 1.0)

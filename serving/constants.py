@@ -1,4 +1,4 @@
-"""Service-wide constants, in one place. Model scaling constants live in ``model_spec.ModelSpec``."""
+"""Service-wide constants, in one place. Model scaling constants: ``model_spec.ModelSpec``."""
 
 MODEL_NAME = "colorizer"
 
@@ -11,7 +11,8 @@ GRPC_MANAGEMENT_PORT = 7071
 
 # Input acceptance.
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP; above -> 413
-INPUT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # Pillow format names
+# Pillow format names; Pillow opens MPO (multi-picture JPEG) through JPEG.
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 INPUT_FORMATS_HUMAN = "JPEG, PNG, WebP, BMP, TIFF, GIF (first frame)"
 
 # Output encoding.

@@ -65,7 +65,8 @@ def _open(data: bytes) -> Image.Image:
         other = Image.open(io.BytesIO(data))
     except Exception as exc:
         raise NotAnImage(
-            f"the request body is not an image Pillow can read; accepted formats: {INPUT_FORMATS_HUMAN}"
+            "the request body is not an image Pillow can read; "
+            f"accepted formats: {INPUT_FORMATS_HUMAN}"
         ) from exc
     raise UnsupportedFormat(
         f"image format {other.format} is not supported; accepted formats: {INPUT_FORMATS_HUMAN}"
@@ -102,7 +103,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     Raises EmptyInput, NotAnImage, UnsupportedFormat, CorruptImage (400) or ImageTooLarge (413).
     """
     if not data:
-        raise EmptyInput(f"the request carried no image; send the bytes of one {INPUT_FORMATS_HUMAN} file")
+        raise EmptyInput(
+            f"the request carried no image; send the bytes of one {INPUT_FORMATS_HUMAN} file"
+        )
     img = _open(data)
     width, height = img.size
     if width * height > max_pixels:
@@ -136,7 +139,9 @@ def parse_quality(value: str | int | None) -> int:
     return quality
 
 
-def choose_output_format(requested: str | None, accept: str | None, source_format: str | None) -> str:
+def choose_output_format(
+    requested: str | None, accept: str | None, source_format: str | None
+) -> str:
     """Output format: explicit option, else the Accept header, else the input's, else PNG."""
     if requested:
         fmt = requested.strip().lower()

@@ -137,7 +137,10 @@ class ColorizePipeline:
     @torch.inference_mode()
     def finish(self, batch: Prepared, ab: torch.Tensor) -> list[torch.Tensor]:
         """-> RGB per image, (3, H_i, W_i) float32 in [0, 1] on the CPU."""
-        return [compose(lum, ab_i, self.spec).cpu() for lum, ab_i in zip(batch.lightness, ab)]
+        return [
+            compose(lum, ab_i, self.spec).cpu()
+            for lum, ab_i in zip(batch.lightness, ab, strict=True)
+        ]
 
     @torch.inference_mode()
     def colorize(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -44,7 +44,9 @@ def parity(model: Colorizer, scripted: torch.jit.ScriptModule, spec: ModelSpec, 
         return float((model(l_in, gray) - scripted(l_in, gray)).abs().max())
 
 
-def export(model: Colorizer, out: str | Path, spec: ModelSpec = ModelSpec(), seed: int = 0) -> float:
+def export(
+    model: Colorizer, out: str | Path, spec: ModelSpec = ModelSpec(), seed: int = 0
+) -> float:
     """Script, check parity (before AND after a save/load round trip), write ``out``.
 
     Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
@@ -54,7 +56,9 @@ def export(model: Colorizer, out: str | Path, spec: ModelSpec = ModelSpec(), see
     scripted = script_model(model)
     diff = parity(model, scripted, spec, seed)
     if diff > PARITY_TOLERANCE:
-        raise ExportParityError(f"TorchScript differs from eager by {diff:.3g} > {PARITY_TOLERANCE}")
+        raise ExportParityError(
+            f"TorchScript differs from eager by {diff:.3g} > {PARITY_TOLERANCE}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     save_scripted(scripted, spec, tmp)
@@ -75,7 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"random inputs (refuse if max |diff| > {PARITY_TOLERANCE}), write FILE.pt with the "
         "model's input sizes and scaling constants embedded.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by `colorizer train` (last.pt)")
+    p.add_argument(
+        "checkpoint", type=Path, help="checkpoint written by `colorizer train` (last.pt)"
+    )
     p.add_argument("--out", type=Path, required=True, help="TorchScript file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
     p.set_defaults(func=run)

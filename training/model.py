@@ -65,6 +65,13 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
 
 
+def _he_init(module: nn.Module) -> None:
+    """He (Kaiming) init for ReLU convs: keeps activations alive through the plain conv stack."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+
+
 class Encoder(nn.Sequential):
     """(B, 1, 224, 224) -> (B, C_last, 28, 28): eight 3x3 conv + ReLU."""
 
@@ -72,7 +79,9 @@ class Encoder(nn.Sequential):
         if len(channels) != len(strides):
             raise ValueError("encoder_channels and encoder_strides must have the same length")
         c_ins = (1,) + tuple(channels[:-1])
-        super().__init__(*(_conv(i, o, s) for i, o, s in zip(c_ins, channels, strides)))
+        super().__init__(
+            *(_conv(i, o, s) for i, o, s in zip(c_ins, channels, strides, strict=True))
+        )
 
 
 class Fusion(nn.Module):
@@ -119,6 +128,8 @@ class Colorizer(nn.Module):
         )
         self.fusion = Fusion(config.encoder_channels[-1], config.embed_dim, config.fusion_channels)
         self.decoder = Decoder(config.fusion_channels, config.decoder_channels)
+        for part in (self.encoder, self.fusion, self.decoder):
+            part.apply(_he_init)
 
     def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         features = self.encoder(l_224)  # (B, C, 28, 28)

@@ -1,0 +1,92 @@
+"""Training loop: logs, checkpoints, exact resume, and DDP on 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.synth import write_dataset
+from training.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    write_dataset(folder, 12, seed=0)
+    return folder
+
+
+def _cfg(data, out, **kw):
+    base = dict(
+        data=data,
+        out=out,
+        val_fraction=0.25,
+        epochs=2,
+        batch_size=2,
+        workers=0,
+        precision="fp32",
+        max_steps_per_epoch=2,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_logs_checkpoints_and_resumes_exactly(synth_data, tmp_path):
+    straight = train(_cfg(synth_data, tmp_path / "straight"))
+    log = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    for record in log:
+        for key in ("train_loss", "val_loss", "images_per_s", "seconds", "dtype"):
+            assert key in record
+        assert record["images"] == 4
+    ckpt = load_checkpoint(tmp_path / "straight" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["optimizer"] is not None
+    assert (tmp_path / "straight" / "best.pt").is_file()
+
+    train(_cfg(synth_data, tmp_path / "part", epochs=1))
+    resumed = train(
+        _cfg(synth_data, tmp_path / "part", resume=tmp_path / "part" / "last.pt", epochs=2)
+    )
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    part_log = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in part_log] == [0, 1]
+
+
+def test_training_moves_the_weights(synth_data, tmp_path):
+    result = train(_cfg(synth_data, tmp_path / "a", epochs=1, seed=1))
+    fresh = train(_cfg(synth_data, tmp_path / "b", epochs=1, seed=1, max_steps_per_epoch=0))
+    moved = [
+        not torch.equal(v, fresh.model.state_dict()[k])
+        for k, v in result.model.state_dict().items()
+        if v.is_floating_point()
+    ]
+    assert any(moved)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_identical_weights(synth_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(REPO / "tests" / "ddp_worker.py"), str(synth_data), str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    initial = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], initial[key]), key  # the checkpoint is rank 0's weights
+    log = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert log["world_size"] == 2
+    assert log["images"] == 2 * 2 * 2  # 2 ranks x 2 steps x batch 2: both ranks' samples counted

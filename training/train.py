@@ -1,0 +1,337 @@
+"""`colorizer train`: Adam + MSE on a*b* (the paper's setup), bf16 where fast, DDP via torchrun.
+
+Writes RUN_DIR/last.pt (every epoch), RUN_DIR/best.pt (lowest val loss) and
+RUN_DIR/log.jsonl (one JSON line per epoch). ``--resume`` continues exactly:
+samples are a pure function of (seed, epoch, index), so an interrupted run
+resumed at an epoch boundary sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from tqdm import tqdm
+
+from serving.pipeline import pick_dtype
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import PhotoDataset, collate, split_files
+from training.model import (
+    PRESETS,
+    Colorizer,
+    ColorizerConfig,
+    backbone_weights_classes,
+    build_model,
+    count_parameters,
+    preset,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `colorizer train` needs; mirrors its options."""
+
+    data: Path
+    out: Path
+    val_data: Path | None = None
+    val_fraction: float = 0.1
+    preset: str = "compact"
+    backbone: str | None = None
+    backbone_weights: Path | None = None
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    resume: Path | None = None
+    workers: int = 1
+    precision: str = "auto"  # auto | fp32 | bf16
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Dist:
+    """Process-group facts for this process (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun process group if launched by torchrun (nccl on GPUs, gloo on CPU)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    env = Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    return env
+
+
+def pick_device(env: Dist) -> torch.device:
+    return (
+        torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    )
+
+
+def model_config(cfg: TrainConfig) -> ColorizerConfig:
+    """The preset with --backbone applied; embed_dim follows the weights file when given."""
+    overrides: dict = {"backbone": cfg.backbone}
+    if cfg.backbone_weights is not None:
+        backbone = cfg.backbone or PRESETS[cfg.preset].backbone
+        overrides["embed_dim"] = backbone_weights_classes(backbone, cfg.backbone_weights)
+    return preset(cfg.preset, **overrides)
+
+
+def make_loader(dataset: PhotoDataset, cfg: TrainConfig, env: Dist, shuffle: bool) -> DataLoader:
+    if env.world_size > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=env.world_size, rank=env.rank, shuffle=shuffle, seed=cfg.seed
+        )
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        drop_last=shuffle and len(dataset) >= cfg.batch_size * env.world_size,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Make shuffling and augmentation a function of (seed, epoch)."""
+    loader.dataset.set_epoch(epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif isinstance(loader.sampler, RandomSampler):
+        loader.sampler.generator.manual_seed(seed * 1_000 + epoch)
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _all_reduce_sum(values: list[float], env: Dist, device: torch.device) -> list[float]:
+    if env.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def validate(model, loader, device, dtype, env: Dist) -> float:
+    """Mean MSE over the validation set (all ranks)."""
+    model.eval()
+    total, count = 0.0, 0
+    for l_in, gray, ab, _ in loader:
+        if not len(l_in):
+            continue
+        with autocast(device, dtype):
+            pred = model(_to(l_in, device), _to(gray, device))
+        total += F.mse_loss(pred.float(), ab.to(device), reduction="sum").item() / ab[0].numel()
+        count += len(l_in)
+    total, count = _all_reduce_sum([total, float(count)], env, device)
+    model.train()
+    return total / count if count else math.nan
+
+
+@dataclass
+class TrainResult:
+    model: Colorizer  # the trained network (this rank's copy)
+    record: dict  # the last epoch's log record
+    rank: int
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run training (joining torchrun's process group when launched by it)."""
+    env = init_distributed()
+    device = pick_device(env)
+    dtype = pick_dtype(device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    start_epoch, ckpt = 0, None
+    if cfg.resume is not None:
+        ckpt = load_checkpoint(cfg.resume)
+        model = Colorizer(ColorizerConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        start_epoch = ckpt["epoch"] + 1
+    else:
+        model = build_model(model_config(cfg), cfg.backbone_weights)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if ckpt is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    best = ckpt["extra"].get("best_val_loss", math.inf) if ckpt is not None else math.inf
+    ddp = DistributedDataParallel(model) if env.world_size > 1 else model
+
+    train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
+    train_loader = make_loader(PhotoDataset(train_files, seed=cfg.seed), cfg, env, shuffle=True)
+    val_loader = make_loader(PhotoDataset(val_files, augment=None), cfg, env, shuffle=False)
+    if env.main:
+        print(
+            f"model {model.config.backbone}: {count_parameters(model) / 1e6:.2f} M parameters; "
+            f"device {device}, {str(dtype).removeprefix('torch.')}, world size {env.world_size}; "
+            f"{len(train_files)} train / {len(val_files)} val photos"
+            + (f"; skipped {dict(skipped)}" if skipped else "")
+        )
+
+    record: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        set_epoch(train_loader, epoch, cfg.seed)
+        torch.manual_seed(cfg.seed * 1_000 + epoch * 16 + env.rank)  # dropout etc.: resumable
+        ddp.train()
+        loss_sum, seen, runtime_skips, started = 0.0, 0, Counter(), time.perf_counter()
+        steps = len(train_loader)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not (env.main and cfg.progress))
+        for step, (l_in, gray, ab, skips) in enumerate(train_loader):
+            if step >= steps:
+                break
+            runtime_skips.update(skips)
+            if len(l_in):
+                with autocast(device, dtype):
+                    pred = ddp(_to(l_in, device), _to(gray, device))
+                loss = F.mse_loss(pred.float(), ab.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(l_in)
+                seen += len(l_in)
+            rate = seen * env.world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", img_s=f"{rate:.1f}")
+            bar.update()
+        bar.close()
+        seconds = time.perf_counter() - started
+        loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)], env, device)
+        val_loss = validate(ddp, val_loader, device, dtype, env)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "val_loss": val_loss,
+            "images": int(seen),
+            "images_per_s": seen / seconds,
+            "seconds": seconds,
+            "lr": cfg.lr,
+            "dtype": str(dtype).removeprefix("torch."),
+            "world_size": env.world_size,
+            "skipped": dict(runtime_skips),
+        }
+        if env.main:
+            best_now = val_loss < best
+            best = min(best, val_loss) if not math.isnan(val_loss) else best
+            extra = {"best_val_loss": best, "train_config": _jsonable(asdict(cfg))}
+            save_checkpoint(out / "last.pt", model, optimizer, epoch, extra)
+            if best_now:
+                save_checkpoint(out / "best.pt", model, optimizer, epoch, extra)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                f"epoch {epoch}: train {record['train_loss']:.5f} val {val_loss:.5f} "
+                f"({record['images_per_s']:.1f} img/s)"
+                + (f"; skipped {dict(runtime_skips)}" if runtime_skips else "")
+            )
+    if env.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(model=model, record=record, rank=env.rank)
+
+
+def _jsonable(data: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the colorization network",
+        description="Train with Adam + MSE on a*b*. Multi-process: "
+        "`torchrun --nproc-per-node N -m serving.cli train ...` (nccl on GPUs, gloo on CPU).",
+    )
+    p.add_argument("--data", type=Path, required=True, help="folder tree of color photos")
+    p.add_argument("--val-data", type=Path, help="separate validation folder")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="without --val-data: fraction of --data held out by file-name hash (default 0.1)",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="compact", help="network size")
+    p.add_argument("--backbone", help="any timm model name; overrides the preset's backbone")
+    p.add_argument(
+        "--backbone-weights", type=Path, help="local ImageNet weights (.safetensors or state dict)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
+    p.add_argument("--batch-size", type=int, default=16, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling, augmentation")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder")
+    p.add_argument("--resume", type=Path, help="checkpoint to continue from (last.pt)")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes per rank")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 on CUDA or an AMX CPU, else fp32",
+    )
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        val_data=args.val_data,
+        val_fraction=args.val_fraction,
+        preset=args.preset,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        workers=args.workers,
+        precision=args.precision,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        progress=not args.no_progress,
+    )
+    train(cfg)
+    return 0
