@@ -1,0 +1,237 @@
+"""TorchServe handler: a thin adapter from TorchServe's request batch to ``serving/``.
+
+One request is one photo:
+
+- bytes: the REST raw body, or the multipart field / gRPC input key ``data``;
+- options: ``format`` (jpeg|png|webp) and ``quality`` (1-100) as REST query parameters,
+  multipart fields or gRPC input keys; without ``format``, the ``Accept`` header, then
+  the input's own format (see ``serving.imageio.choose_output_format``).
+
+Every request gets its own status code and Content-Type. A bad photo fails only its own
+request, with the JSON body of ``serving.errors.error_response``; the worker never dies
+on bad input. TorchServe's gRPC frontend (0.12) ignores per-request status codes: there
+an error arrives as a successful call whose ``prediction`` holds that JSON body.
+
+TorchServe imports this file as a module and requires exactly one class in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+
+import serving
+from serving.constants import CONTENT_TYPES, DEFAULT_MAX_PIXELS, INPUT_FORMATS_HUMAN, MODEL_NAME
+from serving.errors import ColorizerError, EmptyInput, NotAnImage, error_response
+from serving.imageio import (
+    DecodedImage,
+    choose_output_format,
+    decode_image,
+    encode_image,
+    parse_quality,
+)
+from serving.pipeline import ColorizePipeline
+
+log = logging.getLogger(__name__)
+
+JSON_CONTENT_TYPE = "application/json"
+IMAGE_KEYS = ("data", "body")  # multipart field / gRPC key first, then the raw REST body
+WARMUP_RUNS = 2  # TorchScript's profiling executor optimizes a shape on its second call
+
+# A decoded request waiting for the network: (index in the batch, image, format, quality).
+Job = tuple[int, DecodedImage, str, int]
+
+# Custom metrics, declared in serving/metrics.yaml (dimension order matters there).
+STAGE_METRIC = "colorizer_stage_seconds"
+BATCH_METRIC = "colorizer_batch_size"
+MEGAPIXELS_METRIC = "colorizer_input_megapixels"
+ERRORS_METRIC = "colorizer_errors_total"
+
+
+def pick_device(gpu_id: int | None) -> torch.device:
+    """CUDA device ``gpu_id`` when TorchServe assigned one and CUDA works, else the CPU."""
+    if gpu_id is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        log.warning("TorchServe assigned GPU %s but CUDA is not available; using the CPU", gpu_id)
+        return torch.device("cpu")
+    return torch.device("cuda", int(gpu_id))
+
+
+def request_image(request: dict[str, Any]) -> bytes:
+    """The photo bytes of one TorchServe request. Raises EmptyInput or NotAnImage."""
+    value = next((request[key] for key in IMAGE_KEYS if key in request), None)
+    if value is None:
+        raise EmptyInput(
+            "the request carried no image; send it as the raw body, as multipart field "
+            f"'data' or as gRPC input 'data' (accepted: {INPUT_FORMATS_HUMAN})"
+        )
+    if isinstance(value, str):  # TorchServe decoded a text/* body; UTF-8 round-trips exactly
+        return value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)):  # TorchServe parsed an application/json body
+        raise NotAnImage(f"the request body is JSON, not an image; accepted: {INPUT_FORMATS_HUMAN}")
+    return bytes(value)
+
+
+def request_option(request: dict[str, Any], name: str) -> str | None:
+    """A text option (query parameter, multipart field or gRPC input key), or None."""
+    value = request.get(name)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return None if value is None else str(value)
+
+
+def request_header(context: Any, idx: int, name: str) -> str | None:
+    """HTTP request header ``name`` (any case) of request ``idx``; None for gRPC requests."""
+    wanted = name.lower()
+    for key, value in context.get_all_request_header(idx).items():
+        if isinstance(value, str) and key.lower() == wanted:
+            return value
+    return None
+
+
+def record(context: Any, name: str, value: float, unit: str, kind: str, **dims: str) -> None:
+    """Emit one custom metric; dimensions ``dims`` + ModelName + Level, as metrics.yaml declares."""
+    if context.metrics is None:
+        return
+    dimensions = [Dimension(k, v) for k, v in dims.items()]
+    dimensions.append(Dimension("ModelName", context.model_name or MODEL_NAME))
+    dimensions.append(Dimension("Level", "Model"))
+    context.metrics.add_metric(
+        name=name, value=value, unit=unit, dimensions=dimensions, metric_type=MetricTypes(kind)
+    )
+
+
+class ColorizerHandler:
+    """TorchServe entry point: ``initialize`` once per worker, then ``handle`` per batch."""
+
+    def __init__(self) -> None:
+        self.pipeline: ColorizePipeline | None = None
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        """Load the TorchScript model of the archive on TorchServe's device; warm it up."""
+        props = context.system_properties
+        settings = (context.model_yaml_config or {}).get("handler", {}) or {}
+        model_file = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
+        device = pick_device(props.get("gpu_id"))
+        self.pipeline = ColorizePipeline.load(model_file, device, settings.get("precision", "auto"))
+        self.max_pixels = int(settings.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.warm_up(int(props.get("batch_size") or 1))
+        log.info(
+            "colorizer handler ready: device=%s dtype=%s batch_size=%s max_pixels=%d serving=%s",
+            device,
+            str(self.pipeline.dtype).removeprefix("torch."),
+            props.get("batch_size"),
+            self.max_pixels,
+            Path(serving.__file__).parent,
+        )
+        self.initialized = True
+
+    def warm_up(self, max_batch: int) -> None:
+        """Run each batch size up to ``max_batch`` a few times on small random photos.
+
+        TorchScript specializes the graph per input shape: untouched, the first requests
+        of each batch size would take seconds instead of milliseconds.
+        """
+        for size in range(1, max_batch + 1):
+            for _ in range(WARMUP_RUNS):
+                self.pipeline.colorize([torch.rand(3, 48, 64) for _ in range(size)])
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+        """One response body per request, in order; status and Content-Type set per request."""
+        record(context, BATCH_METRIC, len(data), "count", "histogram")
+        responses: list[bytes | None] = [None] * len(data)
+        jobs = self.preprocess(data, context, responses)
+        if jobs:
+            try:
+                colorized = self.inference([job[1].rgb for job in jobs], context)
+            except Exception as exc:  # e.g. out of memory: fail this batch, keep the worker
+                log.exception("colorize failed for a batch of %d", len(jobs))
+                for idx, *_ in jobs:
+                    responses[idx] = self.fail(context, idx, exc)
+            else:
+                self.postprocess(jobs, colorized, context, responses)
+        return [b"" if body is None else body for body in responses]
+
+    def preprocess(
+        self, data: list[dict[str, Any]], context: Any, responses: list[bytes | None]
+    ) -> list[Job]:
+        """Decode each request into a Job; a failure fills its slot of ``responses`` instead."""
+        jobs = []
+        start = time.perf_counter()
+        for idx, request in enumerate(data):
+            try:
+                quality = parse_quality(request_option(request, "quality"))
+                image = decode_image(request_image(request), self.max_pixels)
+                fmt = choose_output_format(
+                    request_option(request, "format"),
+                    request_header(context, idx, "Accept"),
+                    image.source_format,
+                )
+            except Exception as exc:
+                responses[idx] = self.fail(context, idx, exc)
+                continue
+            record(context, MEGAPIXELS_METRIC, image.megapixels, "MP", "histogram")
+            jobs.append((idx, image, fmt, quality))
+        record(context, STAGE_METRIC, time.perf_counter() - start, "s", "histogram", Stage="decode")
+        return jobs
+
+    def inference(self, images: list[torch.Tensor], context: Any) -> list[torch.Tensor]:
+        """RGB (3, H_i, W_i) in [0, 1] -> colorized RGB (3, H_i, W_i) in [0, 1] on the CPU."""
+        pipeline = self.pipeline
+        start = time.perf_counter()
+        batch = pipeline.prepare(images)
+        prepared = time.perf_counter()
+        ab = pipeline.infer(batch)
+        if pipeline.device.type == "cuda":
+            torch.cuda.synchronize(pipeline.device)
+        inferred = time.perf_counter()
+        colorized = pipeline.finish(batch, ab)
+        done = time.perf_counter()
+        for stage, seconds in (
+            ("preprocess", prepared - start),
+            ("inference", inferred - prepared),
+            ("postprocess", done - inferred),
+        ):
+            record(context, STAGE_METRIC, seconds, "s", "histogram", Stage=stage)
+        return colorized
+
+    def postprocess(
+        self,
+        jobs: list[Job],
+        colorized: list[torch.Tensor],
+        context: Any,
+        responses: list[bytes | None],
+    ) -> None:
+        """Encode each result in its requested format; set status 200 and its Content-Type."""
+        start = time.perf_counter()
+        for (idx, image, fmt, quality), rgb in zip(jobs, colorized, strict=True):
+            try:
+                responses[idx] = encode_image(rgb, image.alpha, fmt, quality)
+            except Exception as exc:
+                responses[idx] = self.fail(context, idx, exc)
+                continue
+            context.set_response_status(code=200, phrase="OK", idx=idx)
+            context.set_response_content_type(idx, CONTENT_TYPES[fmt])
+        record(context, STAGE_METRIC, time.perf_counter() - start, "s", "histogram", Stage="encode")
+
+    @staticmethod
+    def fail(context: Any, idx: int, exc: BaseException) -> bytes:
+        """Set request ``idx`` to the status and JSON body ``error_response`` maps ``exc`` to."""
+        status, body = error_response(exc)
+        if not isinstance(exc, ColorizerError):
+            log.error("request %d failed unexpectedly", idx, exc_info=exc)
+        record(context, ERRORS_METRIC, 1, "count", "counter", Kind=body["error"])
+        context.set_response_status(code=status, phrase=HTTPStatus(status).phrase, idx=idx)
+        context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+        return json.dumps(body).encode("utf-8")

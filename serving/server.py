@@ -1,0 +1,401 @@
+"""`colorizer serve` and `colorizer stop`: run TorchServe with the repo's configuration.
+
+``serve`` writes this run's config.properties (``serving/config.properties`` with the
+ports, bind address and paths of the run), starts TorchServe in a session of its own,
+waits until ``/ping`` is healthy and the model's workers are READY, and prints the
+endpoints. Everything the run writes (config, logs, pid file, TorchServe's temp dir)
+lives in the state folder (default ``.serve/`` in the current directory), which
+``stop`` reads to end exactly the processes this run started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import requests
+
+from serving.constants import (
+    GRPC_MANAGEMENT_PORT,
+    GRPC_PORT,
+    HTTP_PORT,
+    MANAGEMENT_PORT,
+    METRICS_PORT,
+    MODEL_NAME,
+)
+
+SERVING_DIR = Path(__file__).resolve().parent
+CONFIG_TEMPLATE = SERVING_DIR / "config.properties"
+METRICS_CONFIG = SERVING_DIR / "metrics.yaml"
+DEFAULT_WEIGHTS = Path("model_store/default/colorizer.pt")  # shipped default, cwd-relative
+DEFAULT_BUILD_STORE = Path("model_store")  # where serve builds colorizer.mar from them
+DEFAULT_STATE_DIR = Path(".serve")
+STATE_FILE = "server.json"
+LOOPBACK = "127.0.0.1"
+STOP_GRACE_S = 30.0  # TorchServe stops its workers on SIGTERM; then we kill what is left
+
+
+class ServeError(Exception):
+    """The server could not be started or stopped; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The five TorchServe listeners of one run."""
+
+    http: int = HTTP_PORT
+    grpc: int = GRPC_PORT
+    metrics: int = METRICS_PORT
+    management: int = MANAGEMENT_PORT
+    grpc_management: int = GRPC_MANAGEMENT_PORT
+
+
+@dataclass
+class ServerState:
+    """What ``stop`` needs to find a run again (saved as JSON in the state folder)."""
+
+    host: str
+    ports: Ports
+    model_store: str
+    launcher_pid: int
+    launcher_started: float  # process create_time: guards against a reused pid
+    log: str
+
+    def save(self, state_dir: Path) -> None:
+        (state_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ServerState | None:
+        path = state_dir / STATE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(**{**data, "ports": Ports(**data["ports"])})
+
+
+def config_overrides(host: str, ports: Ports, model_store: Path) -> dict[str, str]:
+    """The config.properties keys ``serve`` sets per run; management stays on loopback."""
+    store = model_store.resolve()
+    return {
+        "inference_address": f"http://{host}:{ports.http}",
+        "management_address": f"http://{LOOPBACK}:{ports.management}",
+        "metrics_address": f"http://{host}:{ports.metrics}",
+        "grpc_inference_address": host,
+        "grpc_inference_port": str(ports.grpc),
+        "grpc_management_address": LOOPBACK,
+        "grpc_management_port": str(ports.grpc_management),
+        "model_store": str(store),
+        "allowed_urls": f"file://{store}/.*",
+        "metrics_config": str(METRICS_CONFIG),
+    }
+
+
+def render_config(template: str, overrides: dict[str, str]) -> str:
+    """``template`` (config.properties text) with ``overrides`` replacing or adding keys."""
+    lines, seen = [], set()
+    for line in template.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in overrides:
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in overrides.items() if key not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def check_ports_free(host: str, ports: Ports) -> None:
+    """Raise ServeError naming the first port something already listens on."""
+    for name, port in asdict(ports).items():
+        bind_host = LOOPBACK if "management" in name else host
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((bind_host, port))
+            except OSError as exc:
+                raise ServeError(
+                    f"{name} port {port} on {bind_host} is in use ({exc.strerror}); "
+                    f"pick another with --{name.replace('_', '-')}-port"
+                ) from None
+
+
+def default_model_store() -> Path:
+    """Build ``model_store/colorizer.mar`` from the shipped default weights; return the store."""
+    if not DEFAULT_WEIGHTS.is_file():
+        raise ServeError(
+            f"no --model-store given and the default weights {DEFAULT_WEIGHTS} are missing "
+            f"(looked in {Path.cwd()}); export a model (`colorizer export CHECKPOINT --out "
+            "FILE.pt`), package it (`colorizer archive --model FILE.pt --out DIR`) and run "
+            "`colorizer serve --model-store DIR`"
+        )
+    from serving.archive import build_archive
+
+    build_archive(DEFAULT_WEIGHTS, DEFAULT_BUILD_STORE)
+    return DEFAULT_BUILD_STORE
+
+
+def _connect_host(host: str) -> str:
+    return LOOPBACK if host in ("0.0.0.0", "") else host
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def ready_workers(state: ServerState) -> int:
+    """READY workers of the model if /ping is healthy, else 0 (never raises on I/O)."""
+    base = f"http://{_connect_host(state.host)}:{state.ports.http}"
+    try:
+        ping = requests.get(f"{base}/ping", timeout=2)
+        if ping.status_code != 200 or ping.json().get("status") != "Healthy":
+            return 0
+        described = requests.get(
+            f"http://{LOOPBACK}:{state.ports.management}/models/{MODEL_NAME}", timeout=2
+        )
+        if described.status_code != 200:
+            return 0
+        workers = described.json()[0].get("workers", [])
+    except (requests.RequestException, ValueError, LookupError):
+        return 0
+    return sum(worker.get("status") == "READY" for worker in workers)
+
+
+def _launcher(state: ServerState) -> psutil.Process | None:
+    """The run's torchserve launcher process, if it is still the one we started."""
+    try:
+        proc = psutil.Process(state.launcher_pid)
+        if abs(proc.create_time() - state.launcher_started) < 1.0:
+            return proc
+    except psutil.Error:
+        pass
+    return None
+
+
+def _java_from_pid_file(state_dir: Path) -> psutil.Process | None:
+    """TorchServe's java frontend, from the pid file its launcher writes into our TMPDIR."""
+    try:
+        proc = psutil.Process(int((state_dir / "tmp" / ".model_server.pid").read_text()))
+        if any("org.pytorch.serve.ModelServer" in part for part in proc.cmdline()):
+            return proc
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def start(
+    model_store: str | Path | None = None,
+    ports: Ports = Ports(),
+    host: str = LOOPBACK,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    timeout: float = 180.0,
+) -> ServerState:
+    """Start TorchServe serving ``model_store/colorizer.mar``; return once its workers are READY.
+
+    ``model_store`` None builds the archive from the shipped default weights.
+    """
+    state_dir = Path(state_dir).resolve()
+    existing = ServerState.load(state_dir)
+    if existing is not None and _launcher(existing) is not None:
+        raise ServeError(
+            f"a colorizer server from {state_dir} is already running (pid "
+            f"{existing.launcher_pid}, REST port {existing.ports.http}); run `colorizer stop`"
+        )
+    if existing is not None:  # a run whose launcher died: end whatever it left behind
+        stop(state_dir)
+    store = default_model_store() if model_store is None else Path(model_store)
+    if not (store / f"{MODEL_NAME}.mar").is_file():
+        raise ServeError(
+            f"{store} has no {MODEL_NAME}.mar; build one with "
+            f"`colorizer archive --model FILE.pt --out {store}`"
+        )
+    check_ports_free(host, ports)
+
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    (state_dir / "tmp").mkdir(parents=True)
+    config = state_dir / "config.properties"
+    overrides = config_overrides(host, ports, store)
+    config.write_text(render_config(CONFIG_TEMPLATE.read_text(), overrides))
+    log = state_dir / "torchserve.log"
+    launcher = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+    cmd = [
+        launcher,
+        "--start",
+        "--foreground",  # the launcher stays the parent of java: one tree to stop
+        "--ncs",
+        "--ts-config", str(config),
+        "--model-store", str(store.resolve()),
+        "--models", f"{MODEL_NAME}={MODEL_NAME}.mar",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "TMPDIR": str(state_dir / "tmp"),  # the launcher's pid file: one per state folder
+        "TEMP": str(state_dir / "tmp"),  # java.io.tmpdir: where archives are unpacked
+        "LOG_LOCATION": str(state_dir / "logs"),
+        "METRICS_LOCATION": str(state_dir / "logs"),
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=state_dir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state = ServerState(
+        host=host,
+        ports=ports,
+        model_store=str(store.resolve()),
+        launcher_pid=proc.pid,
+        launcher_started=psutil.Process(proc.pid).create_time(),
+        log=str(log),
+    )
+    state.save(state_dir)
+    deadline = time.monotonic() + timeout
+    while ready_workers(state) == 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if proc.poll() is not None else f"was not ready after {timeout:.0f} s"
+            stop(state_dir)
+            raise ServeError(f"TorchServe {why}; the end of {log}:\n{_log_tail(log)}")
+        time.sleep(0.5)
+    return state
+
+
+def stop(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
+    """Stop the run recorded in ``state_dir`` and every process it started. False if none."""
+    state_dir = Path(state_dir).resolve()
+    state = ServerState.load(state_dir)
+    if state is None:
+        return False
+    java = _java_from_pid_file(state_dir)
+    roots = [p for p in (_launcher(state), java) if p is not None]
+    procs = {p.pid: p for root in roots for p in (root, *_children(root))}
+    # SIGTERM to java first: TorchServe then shuts its workers down and the launcher exits.
+    for proc in [java] if java is not None else procs.values():
+        _signal(proc, signal.SIGTERM)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=STOP_GRACE_S)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "tmp", ignore_errors=True)
+    return True
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def endpoints(state: ServerState) -> str:
+    """Human summary of where the running service listens."""
+    host, p = _connect_host(state.host), state.ports
+    return "\n".join(
+        [
+            f"  REST        http://{host}:{p.http}/predictions/{MODEL_NAME}",
+            f"  gRPC        {host}:{p.grpc}  (InferenceAPIsService/Predictions)",
+            f"  metrics     http://{host}:{p.metrics}/metrics",
+            f"  management  http://{LOOPBACK}:{p.management}, gRPC {LOOPBACK}:{p.grpc_management}"
+            " (loopback only)",
+            f"  logs        {Path(state.log).parent / 'logs'}",
+        ]
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="start TorchServe with the colorizer model",
+        description="Start TorchServe with serving/config.properties and return once the "
+        "model's workers are ready (or stay attached with --foreground).",
+    )
+    p.add_argument(
+        "--model-store",
+        type=Path,
+        help=f"folder holding {MODEL_NAME}.mar (default: build it from {DEFAULT_WEIGHTS})",
+    )
+    defaults = Ports()
+    for name in asdict(defaults):
+        flag = f"--{name.replace('_', '-')}-port"
+        p.add_argument(flag, type=int, default=getattr(defaults, name), metavar="PORT")
+    p.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="address for REST, gRPC and metrics (default 127.0.0.1; 0.0.0.0 for all: "
+        "there is no token auth, see README 'Authorization')",
+    )
+    p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    _state_dir_option(p)
+    p.set_defaults(func=run_serve)
+
+    s = subparsers.add_parser(
+        "stop",
+        help="stop the server `colorizer serve` started",
+        description="Stop TorchServe and every process it started (found via the state folder).",
+    )
+    _state_dir_option(s)
+    s.set_defaults(func=run_stop)
+
+
+def _state_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"folder of the run's config, logs and pid (default: {DEFAULT_STATE_DIR}/)",
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    ports = Ports(**{name: getattr(args, f"{name}_port") for name in asdict(Ports())})
+    try:
+        state = start(args.model_store, ports, args.host, args.state_dir, args.timeout)
+    except ServeError as exc:
+        print(f"colorizer serve: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"colorizer is serving model '{MODEL_NAME}':\n{endpoints(state)}")
+    if not args.foreground:
+        print("stop it with: colorizer stop" + _state_dir_flag(args.state_dir))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        psutil.Process(state.launcher_pid).wait()
+    except (KeyboardInterrupt, SystemExit, psutil.Error):
+        pass
+    finally:
+        stop(args.state_dir)
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    if stop(args.state_dir):
+        print("colorizer server stopped")
+    else:
+        print(f"no colorizer server recorded in {Path(args.state_dir).resolve()}; nothing to stop")
+    return 0
+
+
+def _state_dir_flag(state_dir: Path) -> str:
+    return "" if Path(state_dir) == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"

@@ -1,0 +1,278 @@
+"""The TorchServe handler in-process (no Java): inside TorchServe's own ``Service`` and
+``Context``, fed batches shaped like the frontend's, with the real metrics cache reading
+serving/metrics.yaml."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.service import Service
+
+from handlers.colorizer_handler import ColorizerHandler, pick_device
+from serving.constants import MODEL_NAME
+from serving.server import METRICS_CONFIG
+from tests.serving_support import (
+    encode,
+    export_test_model,
+    mean_abs_l_diff,
+    open_image,
+    photo_paths,
+    synthetic_photo,
+)
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str | None
+    body: bytes
+
+    def json(self) -> dict:
+        assert self.content_type == "application/json", self
+        return json.loads(self.body)
+
+
+def param(name: str, value, content_type: str = "") -> dict:
+    """One request parameter as TorchServe's worker hands it to the service."""
+    return {"name": name, "contentType": content_type, "value": value}
+
+
+def request(*params: dict, headers: dict[str, str] | None = None) -> dict:
+    return {
+        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in (headers or {}).items()],
+        "parameters": list(params),
+    }
+
+
+class Harness:
+    """The handler inside ``ts.service.Service``, as a TorchServe worker runs it."""
+
+    def __init__(self, model_dir: Path, handler_config: dict | None = None) -> None:
+        (model_dir / "model-config.yaml").write_text(
+            yaml.safe_dump({"batchSize": 4, "handler": handler_config or {}})
+        )
+        manifest = {"model": {"serializedFile": "model.pt", "configFile": "model-config.yaml"}}
+        cache = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
+        cache.initialize_cache()
+        cache.model_name = MODEL_NAME
+        self.handler = ColorizerHandler()
+        self.outputs: list[bytes] | None = None
+        self.service = Service(
+            MODEL_NAME, str(model_dir), manifest, self._entry, None, 4, metrics_cache=cache
+        )
+        self.service.set_cl_socket(None)
+        self.handler.initialize(self.service.context)
+
+    def _entry(self, data, context):
+        self.outputs = self.handler.handle(data, context)
+        return self.outputs
+
+    def run(self, *requests: dict) -> list[Response]:
+        batch = [{"requestId": f"r{i}".encode(), **r} for i, r in enumerate(requests)]
+        self.outputs = None
+        self.service.predict(batch)
+        assert self.outputs is not None, "the handler raised; TorchServe would answer 503"
+        ctx = self.service.context
+        return [
+            Response(ctx.get_response_status(i)[0], ctx.get_response_content_type(i), body)
+            for i, body in enumerate(self.outputs)
+        ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("handler-model")
+    export_test_model(folder / "model.pt", "tiny")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def harness(model_dir) -> Harness:
+    return Harness(model_dir)
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return photo_paths()[0].read_bytes()
+
+
+def test_initialize_picks_cpu_and_logs_dtype(model_dir, caplog):
+    with caplog.at_level(logging.INFO):
+        handler = Harness(model_dir).handler
+    assert handler.initialized and handler.pipeline.device.type == "cpu"
+    ready = [r.getMessage() for r in caplog.records if "handler ready" in r.getMessage()]
+    assert ready and "device=cpu" in ready[0] and "dtype=" in ready[0]
+
+
+def test_pick_device_follows_torchserve_gpu_id():
+    assert pick_device(None) == torch.device("cpu")
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert pick_device(0) == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_handler_runs_on_the_gpu_torchserve_assigns(model_dir, photo):
+    harness = Harness(model_dir)
+    harness.service.context.system_properties["gpu_id"] = 0
+    harness.handler.initialize(harness.service.context)
+    assert harness.handler.pipeline.device == torch.device("cuda", 0)
+    (resp,) = harness.run(request(param("body", photo, "image/jpeg")))
+    assert resp.status == 200
+
+
+def test_photo_keeps_size_format_and_luminance(harness, photo):
+    (resp,) = harness.run(request(param("body", photo, "image/jpeg")))
+    assert resp.status == 200 and resp.content_type == "image/jpeg"
+    assert open_image(resp.body).size == open_image(photo).size
+    (lossless,) = harness.run(request(param("data", photo), param("format", b"png")))
+    assert lossless.content_type == "image/png"
+    assert mean_abs_l_diff(photo, lossless.body) < 1.0
+
+
+def test_a_bad_request_fails_only_itself(harness, photo):
+    png = encode(synthetic_photo(90, 60), "PNG")
+    resps = harness.run(
+        request(param("body", photo, "image/jpeg")),
+        request(param("body", b"not an image at all", "application/octet-stream")),
+        request(param("body", b"", "image/jpeg")),
+        request(param("body", photo[: len(photo) // 2], "image/jpeg")),
+        request(param("data", png)),
+    )
+    assert [r.status for r in resps] == [200, 400, 400, 400, 200]
+    kinds = [r.json()["error"] for r in resps[1:4]]
+    assert kinds == ["not_an_image", "empty_input", "corrupt_image"]
+    assert all(r.json()["message"] for r in resps[1:4])
+    assert open_image(resps[4].body).size == (90, 60) and resps[4].content_type == "image/png"
+    (again,) = harness.run(request(param("body", photo, "image/jpeg")))
+    assert again.status == 200
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "expected"),
+    [
+        ([param("format", b"webp")], {}, "image/webp"),  # query parameter / gRPC key (bytes)
+        ([param("format", "PNG", "text/plain")], {}, "image/png"),  # multipart text field
+        ([], {"Accept": "image/webp"}, "image/webp"),
+        ([], {"accept": "text/html, image/png;q=0.9"}, "image/png"),
+        ([param("format", b"jpeg")], {"Accept": "image/png"}, "image/jpeg"),  # option wins
+        ([], {}, "image/jpeg"),  # the input's own format
+    ],
+)
+def test_output_format_option_then_accept_then_input(harness, photo, params, headers, expected):
+    (resp,) = harness.run(request(param("data", photo), *params, headers=headers))
+    assert resp.status == 200 and resp.content_type == expected
+    assert open_image(resp.body).format == expected.split("/")[1].upper()
+
+
+def test_input_formats_without_an_output_twin_fall_back_to_png(harness):
+    img = synthetic_photo(40, 30)
+    for fmt in ("BMP", "TIFF", "GIF"):
+        (resp,) = harness.run(request(param("data", encode(img, fmt))))
+        assert (resp.status, resp.content_type) == (200, "image/png"), fmt
+
+
+def test_quality_changes_lossy_size(harness, photo):
+    low, high = harness.run(
+        request(param("data", photo), param("quality", b"10")),
+        request(param("data", photo), param("quality", b"95")),
+    )
+    assert low.status == high.status == 200 and len(low.body) < len(high.body)
+
+
+@pytest.mark.parametrize(
+    ("params", "kind"),
+    [
+        ([param("format", b"gif")], "invalid_option"),
+        ([param("quality", b"0")], "invalid_option"),
+        ([param("quality", b"high")], "invalid_option"),
+    ],
+)
+def test_bad_options_are_400(harness, photo, params, kind):
+    (resp,) = harness.run(request(param("data", photo), *params))
+    assert resp.status == 400 and resp.json()["error"] == kind
+
+
+def test_text_and_json_bodies_are_not_images(harness):
+    resps = harness.run(
+        request(param("body", "hello", "text/plain")),  # TorchServe decodes text/* to str
+        request(param("body", {"image": "x"}, "application/json")),  # and parses JSON
+        request(param("file", b"\xff\xd8")),  # no 'data' or 'body' at all
+    )
+    assert [r.status for r in resps] == [400, 400, 400]
+    assert [r.json()["error"] for r in resps] == ["not_an_image", "not_an_image", "empty_input"]
+
+
+def test_unsupported_format_is_400(harness):
+    (resp,) = harness.run(request(param("data", encode(synthetic_photo(16, 16), "PPM"))))
+    assert resp.status == 400 and resp.json()["error"] == "unsupported_format"
+
+
+def test_pixel_cap_from_model_config_is_413(model_dir, photo):
+    harness = Harness(model_dir, {"max_pixels": 10_000})
+    small = encode(synthetic_photo(100, 100), "PNG")
+    big, ok = harness.run(request(param("data", photo)), request(param("data", small)))
+    assert big.status == 413 and big.json()["error"] == "image_too_large"
+    assert ok.status == 200
+
+
+def test_alpha_is_kept(harness):
+    rgba = synthetic_photo(64, 48).convert("RGBA")
+    alpha = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    rgba.putalpha(Image.fromarray(alpha))
+    (resp,) = harness.run(request(param("data", encode(rgba, "PNG"))))
+    out = open_image(resp.body)
+    assert resp.content_type == "image/png" and out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], alpha)
+
+
+def test_inference_failure_fails_its_batch_not_the_worker(model_dir, photo, monkeypatch):
+    harness = Harness(model_dir)
+
+    def broken(batch):
+        raise RuntimeError("simulated out of memory")
+
+    monkeypatch.setattr(harness.handler.pipeline, "infer", broken)
+    resps = harness.run(request(param("data", photo)), request(param("data", b"junk")))
+    assert [r.status for r in resps] == [500, 400]
+    assert resps[0].json() == {
+        "error": "internal",
+        "message": "internal error while colorizing; see server logs",
+    }
+    monkeypatch.undo()
+    (resp,) = harness.run(request(param("data", photo)))
+    assert resp.status == 200
+
+
+def _metric_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+
+
+def test_metrics_match_their_declaration(harness, photo, caplog):
+    with caplog.at_level(logging.INFO, logger="ts.metrics"):
+        harness.run(request(param("data", photo)), request(param("data", b"junk")))
+    lines = _metric_lines(caplog)
+    assert not [line for line in lines if "Failed" in line], lines
+    for stage in STAGES:
+        assert any(
+            line.startswith("[METRICS]colorizer_stage_seconds.")
+            and f"|#Stage:{stage},ModelName:{MODEL_NAME},Level:Model|" in line
+            for line in lines
+        ), stage
+    batch = [line for line in lines if line.startswith("[METRICS]colorizer_batch_size.")]
+    assert batch and batch[0].split(":", 1)[1].startswith("2|")
+    megapixels = [line for line in lines if line.startswith("[METRICS]colorizer_input_megapixels")]
+    assert len(megapixels) == 1
+    errors = [line for line in lines if line.startswith("[METRICS]colorizer_errors_total.")]
+    assert len(errors) == 1 and "|#Kind:not_an_image,ModelName:" in errors[0]
