@@ -41,7 +41,7 @@ def test_export_refuses_when_parity_fails(tmp_path, monkeypatch):
     def broken(m):
         other = copy.deepcopy(m)  # scripting shares parameters, so break a copy
         with torch.no_grad():
-            other.decoder.head.bias.add_(0.5)
+            other.head.bias.add_(0.5)
         return real(other)
 
     monkeypatch.setattr(export_mod, "script_model", broken)

@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.ab_bins import annealed_mean, gamut_bin_centers
+
+HEADS = ("regression", "classification")
+
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
@@ -29,8 +33,11 @@ class ColorizerConfig:
     encoder_channels: tuple[int, ...] = (64, 128, 128, 256, 256, 512, 512, 256)
     encoder_strides: tuple[int, ...] = (2, 1, 2, 1, 2, 1, 1, 1)
     fusion_channels: int = 256
-    # conv, up, conv, conv, up, conv, (conv 2 + tanh), up
+    # conv, up, conv, conv, up, conv, (head), up
     decoder_channels: tuple[int, int, int, int] = (128, 64, 64, 32)
+    head: str = "regression"  # "regression": conv 2 + tanh, MSE (the paper); or "classification"
+    ab_bin_size: float = 10.0  # classification: a*b* grid cell, Lab units
+    temperature: float = 0.38  # classification: annealed-mean temperature (Zhang et al.)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +105,7 @@ class Fusion(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, C, 28, 28) -> (B, 2, 224, 224) in [-1, 1]."""
+    """(B, C, 28, 28) -> features (B, C4, 112, 112): conv, up, conv, conv, up, conv."""
 
     def __init__(self, c_in: int, widths: tuple[int, int, int, int]) -> None:
         super().__init__()
@@ -106,35 +113,57 @@ class Decoder(nn.Module):
         self.stage1 = _conv(c_in, c1)
         self.stage2 = nn.Sequential(_conv(c1, c2), _conv(c2, c3))
         self.stage3 = _conv(c3, c4)
-        self.head = nn.Conv2d(c4, 2, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.stage1(x), scale_factor=2.0, mode="nearest")
         x = F.interpolate(self.stage2(x), scale_factor=2.0, mode="nearest")
-        x = torch.tanh(self.head(self.stage3(x)))
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.stage3(x)
 
 
 class Colorizer(nn.Module):
     """forward(l_224 (B,1,224,224), gray_299 (B,1,299,299)), both in [-1, 1]
-    -> a*b* (B, 2, 224, 224) in [-1, 1] (times ModelSpec.ab_scale gives Lab units)."""
+    -> a*b* (B, 2, 224, 224) in [-1, 1] (times ModelSpec.ab_scale gives Lab units).
+
+    ``head="regression"`` (the paper): conv 2 + tanh. ``head="classification"``:
+    conv Q logits over in-gamut a*b* bins, decoded with the annealed mean.
+    """
+
+    __constants__ = ["classify", "temperature"]  # TorchScript: fixed per exported model
 
     def __init__(self, config: ColorizerConfig = ColorizerConfig()) -> None:
         super().__init__()
+        if config.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {config.head!r}")
         self.config = config
+        self.classify = config.head == "classification"
+        self.temperature = config.temperature
         self.encoder = Encoder(config.encoder_channels, config.encoder_strides)
         self.backbone = timm.create_model(
             config.backbone, pretrained=False, num_classes=config.embed_dim
         )
         self.fusion = Fusion(config.encoder_channels[-1], config.embed_dim, config.fusion_channels)
         self.decoder = Decoder(config.fusion_channels, config.decoder_channels)
+        centers = gamut_bin_centers(config.ab_bin_size) if self.classify else torch.zeros(0, 2)
+        self.register_buffer("bin_centers", centers)  # (Q, 2) a*b* in [-1, 1]
+        self.register_buffer("class_weights", torch.ones(len(centers)))  # (Q,) rebalancing
+        out_channels = len(centers) if self.classify else 2
+        self.head = nn.Conv2d(config.decoder_channels[-1], out_channels, 3, padding=1)
         for part in (self.encoder, self.fusion, self.decoder):
             part.apply(_he_init)
 
-    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+    def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        """Raw head output at 112x112: (B, 2, 112, 112) pre-tanh, or (B, Q, 112, 112) logits."""
         features = self.encoder(l_224)  # (B, C, 28, 28)
         embedding = self.backbone(gray_299.expand(-1, 3, -1, -1))  # (B, E)
-        return self.decoder(self.fusion(features, embedding))  # (B, 2, 224, 224)
+        return self.head(self.decoder(self.fusion(features, embedding)))
+
+    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        out = self.head_output(l_224, gray_299)
+        if self.classify:
+            ab = annealed_mean(out, self.bin_centers, self.temperature).to(out.dtype)
+        else:
+            ab = torch.tanh(out)
+        return F.interpolate(ab, scale_factor=2.0, mode="nearest")  # (B, 2, 224, 224)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""`colorizer train`: Adam + MSE on a*b* (the paper's setup), bf16 where fast, DDP via torchrun.
+"""`colorizer train`: Adam + MSE on a*b* (the paper's setup; or rebalanced classification),
+bf16 where fast, DDP via torchrun.
 
 Writes RUN_DIR/last.pt (every epoch), RUN_DIR/best.pt (lowest val loss) and
 RUN_DIR/log.jsonl (one JSON line per epoch). ``--resume`` continues exactly:
@@ -22,14 +23,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
 from serving.pipeline import pick_dtype
+from training.ab_bins import nearest_bin, rebalance_weights
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PhotoDataset, collate, split_files
 from training.model import (
+    HEADS,
     PRESETS,
     Colorizer,
     ColorizerConfig,
@@ -51,6 +55,7 @@ class TrainConfig:
     val_data: Path | None = None
     val_fraction: float = 0.1
     preset: str = "compact"
+    head: str | None = None  # regression (MSE, the paper) | classification; None: the preset's
     backbone: str | None = None
     backbone_weights: Path | None = None
     epochs: int = 10
@@ -97,7 +102,7 @@ def pick_device(env: Dist) -> torch.device:
 
 def model_config(cfg: TrainConfig) -> ColorizerConfig:
     """The preset with --backbone applied; embed_dim follows the weights file when given."""
-    overrides: dict = {"backbone": cfg.backbone}
+    overrides: dict = {"backbone": cfg.backbone, "head": cfg.head}
     if cfg.backbone_weights is not None:
         backbone = cfg.backbone or PRESETS[cfg.preset].backbone
         overrides["embed_dim"] = backbone_weights_classes(backbone, cfg.backbone_weights)
@@ -132,6 +137,42 @@ def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.sampler.generator.manual_seed(seed * 1_000 + epoch)
 
 
+class HeadOutput(nn.Module):
+    """Training view of the network: forward = the raw head output, so DDP syncs its grads."""
+
+    def __init__(self, model: Colorizer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        return self.model.head_output(l_in, gray)
+
+
+def loss_fn(model: Colorizer, raw: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The training objective for the model's head.
+
+    raw: head output (B, 2|Q, 112, 112); ab: target (B, 2, 224, 224) in [-1, 1].
+    Regression: MSE on a*b* (the paper). Classification: class-rebalanced cross-entropy
+    against the nearest a*b* bin of the 2x2-averaged target.
+    """
+    if model.classify:
+        target = nearest_bin(F.avg_pool2d(ab, 2), model.bin_centers)
+        return F.cross_entropy(raw.float(), target, weight=model.class_weights)
+    pred = F.interpolate(torch.tanh(raw.float()), scale_factor=2.0, mode="nearest")
+    return F.mse_loss(pred, ab)
+
+
+def class_counts(files: list[Path], model: Colorizer, limit: int = 2_000) -> torch.Tensor:
+    """How often each a*b* bin occurs in (an evenly spaced subset of) the training photos."""
+    subset = files[:: max(1, len(files) // limit)]
+    counts = torch.zeros(len(model.bin_centers), dtype=torch.float64)
+    for sample in PhotoDataset(subset, augment=None):
+        if isinstance(sample[0], torch.Tensor):
+            idx = nearest_bin(F.avg_pool2d(sample[2][None], 2), model.bin_centers)
+            counts += torch.bincount(idx.flatten(), minlength=len(counts))
+    return counts
+
+
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True, memory_format=torch.channels_last)
 
@@ -152,7 +193,7 @@ def _all_reduce_sum(values: list[float], env: Dist, device: torch.device) -> lis
 
 @torch.no_grad()
 def validate(model, loader, device, dtype, env: Dist) -> float:
-    """Mean MSE over the validation set (all ranks)."""
+    """Mean MSE of the predicted a*b* (whatever the head) over the validation set (all ranks)."""
     model.eval()
     total, count = 0.0, 0
     for l_in, gray, ab, _ in loader:
@@ -192,19 +233,23 @@ def train(cfg: TrainConfig) -> TrainResult:
         start_epoch = ckpt["epoch"] + 1
     else:
         model = build_model(model_config(cfg), cfg.backbone_weights)
+    train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
+    if model.classify and ckpt is None:
+        model.class_weights.copy_(rebalance_weights(class_counts(train_files, model)))
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if ckpt is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     best = ckpt["extra"].get("best_val_loss", math.inf) if ckpt is not None else math.inf
-    ddp = DistributedDataParallel(model) if env.world_size > 1 else model
+    view = HeadOutput(model)
+    ddp = DistributedDataParallel(view) if env.world_size > 1 else view
 
-    train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
     train_loader = make_loader(PhotoDataset(train_files, seed=cfg.seed), cfg, env, shuffle=True)
     val_loader = make_loader(PhotoDataset(val_files, augment=None), cfg, env, shuffle=False)
     if env.main:
         print(
-            f"model {model.config.backbone}: {count_parameters(model) / 1e6:.2f} M parameters; "
+            f"model {model.config.backbone}, {model.config.head} head: "
+            f"{count_parameters(model) / 1e6:.2f} M parameters; "
             f"device {device}, {str(dtype).removeprefix('torch.')}, world size {env.world_size}; "
             f"{len(train_files)} train / {len(val_files)} val photos"
             + (f"; skipped {dict(skipped)}" if skipped else "")
@@ -226,8 +271,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             runtime_skips.update(skips)
             if len(l_in):
                 with autocast(device, dtype):
-                    pred = ddp(_to(l_in, device), _to(gray, device))
-                loss = F.mse_loss(pred.float(), ab.to(device))
+                    raw = ddp(_to(l_in, device), _to(gray, device))
+                loss = loss_fn(model, raw, ab.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -239,7 +284,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.close()
         seconds = time.perf_counter() - started
         loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)], env, device)
-        val_loss = validate(ddp, val_loader, device, dtype, env)
+        val_loss = validate(model, val_loader, device, dtype, env)
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
@@ -248,6 +293,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "images_per_s": seen / seconds,
             "seconds": seconds,
             "lr": cfg.lr,
+            "head": model.config.head,
             "dtype": str(dtype).removeprefix("torch."),
             "world_size": env.world_size,
             "skipped": dict(runtime_skips),
@@ -292,6 +338,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="without --val-data: fraction of --data held out by file-name hash (default 0.1)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="compact", help="network size")
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        help="regression: MSE on a*b* (the paper); classification: rebalanced cross-entropy over "
+        "a*b* bins with annealed-mean decoding (Zhang et al. 2016). Default: the preset's",
+    )
     p.add_argument("--backbone", help="any timm model name; overrides the preset's backbone")
     p.add_argument(
         "--backbone-weights", type=Path, help="local ImageNet weights (.safetensors or state dict)"
@@ -321,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
         val_data=args.val_data,
         val_fraction=args.val_fraction,
         preset=args.preset,
+        head=args.head,
         backbone=args.backbone,
         backbone_weights=args.backbone_weights,
         epochs=args.epochs,

@@ -1,0 +1,53 @@
+"""Quantized a*b* classes for the classification head (Zhang, Isola & Efros 2016).
+
+MSE regression averages plausible colors into gray-brown. Predicting a distribution
+over in-gamut a*b* bins, trained with class-rebalanced cross-entropy and decoded
+with the annealed mean, keeps rare saturated colors alive.
+
+All a*b* values here are in the network's units: Lab a*b* / ModelSpec.ab_scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from serving.colorspace import rgb_to_lab
+from serving.model_spec import ModelSpec
+
+GAMUT_SAMPLES_PER_CHANNEL = 48  # RGB grid used to find the in-gamut bins
+REBALANCE_MIX = 0.5  # lambda in Zhang et al.: mix of empirical and uniform priors
+
+
+def gamut_bin_centers(bin_size: float, spec: ModelSpec = ModelSpec()) -> torch.Tensor:
+    """Centers of the a*b* grid cells (side ``bin_size`` Lab units) that some sRGB color hits.
+
+    Returns (Q, 2) float32 in network units (divided by spec.ab_scale), sorted.
+    """
+    axis = torch.linspace(0, 1, GAMUT_SAMPLES_PER_CHANNEL)
+    rgb = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(3, -1, 1)
+    ab = rgb_to_lab(rgb)[1:, :, 0]  # (2, N) Lab units
+    cells = torch.unique(torch.floor(ab / bin_size).T, dim=0)  # (Q, 2) cell indices
+    return ((cells + 0.5) * bin_size / spec.ab_scale).float()
+
+
+def nearest_bin(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """a*b* (B, 2, H, W) -> index of the nearest bin center (B, H, W), int64."""
+    b, _, h, w = ab.shape
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
+    return torch.cdist(flat, centers.to(flat)).argmin(dim=1).reshape(b, h, w)
+
+
+def rebalance_weights(counts: torch.Tensor, mix: float = REBALANCE_MIX) -> torch.Tensor:
+    """Class weights proportional to 1 / ((1 - mix) * p + mix / Q), with E_p[w] = 1.
+
+    ``counts``: (Q,) how often each bin occurs in the training targets.
+    """
+    p = counts.double() / counts.sum().clamp(min=1)
+    weights = 1.0 / ((1 - mix) * p + mix / len(counts))
+    return (weights / (p * weights).sum()).float()
+
+
+def annealed_mean(logits: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits (B, Q, H, W) -> a*b* (B, 2, H, W): mean of softmax(logits / T) over bin centers."""
+    probs = torch.softmax(logits.float() / temperature, dim=1)
+    return torch.einsum("bqhw,qc->bchw", probs, centers.float())
