@@ -78,9 +78,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack((lightness, a, b), dim=-3)
 
 
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """CIELAB (..., 3, H, W) -> sRGB (..., 3, H, W) in [0, 1]; out-of-gamut Lab is clipped."""
-    _check_channels(lab, "lab")
+def _lab_to_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIELAB (..., 3, H, W) -> (unclipped linear RGB (..., 3, H, W), Y (..., 1, H, W))."""
     lightness, a, b = lab.unbind(dim=-3)
     fy = (lightness + 16.0) / 116.0
     fx = fy + a / 500.0
@@ -88,8 +87,32 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     white = torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
     xyz = _lab_f_inv(torch.stack((fx, fy, fz), dim=-3)) * white
     rgb_from_xyz = torch.linalg.inv(_matrix(_XYZ_FROM_RGB, lab).double()).to(lab.dtype)
-    linear = _apply_matrix(rgb_from_xyz, xyz)
+    return _apply_matrix(rgb_from_xyz, xyz), xyz[..., 1:2, :, :]
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """CIELAB (..., 3, H, W) -> sRGB (..., 3, H, W) in [0, 1]; out-of-gamut Lab is clipped."""
+    _check_channels(lab, "lab")
+    linear, _ = _lab_to_linear(lab)
     return linear_to_srgb(linear).clamp(0.0, 1.0)
+
+
+def lab_to_rgb_keep_lightness(lab: torch.Tensor) -> torch.Tensor:
+    """CIELAB (..., 3, H, W) -> sRGB (..., 3, H, W) in [0, 1] whose L is the input's L.
+
+    Clipping each channel of an out-of-gamut color (``lab_to_rgb``) changes its
+    lightness. Here such a color moves toward the gray of its own luminance, in linear
+    RGB where luminance is linear, just far enough to fit: L stays (for L in [0, 100]),
+    chroma shrinks. In-gamut colors are converted exactly as by ``lab_to_rgb``.
+    """
+    _check_channels(lab, "lab")
+    linear, luminance = _lab_to_linear(lab)
+    gray = luminance.clamp(0.0, 1.0)  # (..., 1, H, W)
+    chroma = linear - gray
+    # Largest t <= 1 keeping gray + t * chroma inside [0, 1] on every channel.
+    room = torch.where(chroma > 0, 1.0 - gray, gray) / chroma.abs().clamp(min=1e-12)
+    scale = room.amin(dim=-3, keepdim=True).clamp(max=1.0)
+    return linear_to_srgb(gray + scale * chroma).clamp(0.0, 1.0)
 
 
 def lightness_to_gray(lightness: torch.Tensor) -> torch.Tensor:

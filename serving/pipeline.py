@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from serving.colorspace import lab_to_rgb, lightness_to_gray, rgb_to_lab
+from serving.colorspace import lab_to_rgb_keep_lightness, lightness_to_gray, rgb_to_lab
 from serving.model_spec import ModelSpec, load_scripted
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,14 @@ def model_inputs(lightness: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tensor
 
 
 def compose(lightness: torch.Tensor, ab_small: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """Original L (1, H, W) + network a*b* (2, s, s) in [-1, 1] -> RGB (3, H, W) in [0, 1]."""
+    """Original L (1, H, W) + network a*b* (2, s, s) in [-1, 1] -> RGB (3, H, W) in [0, 1].
+
+    The output keeps the original L: colors outside the sRGB gamut are desaturated, not
+    clipped (clipping changed L by up to ~3 units on saturated photos).
+    """
     height, width = lightness.shape[-2:]
     ab = F.interpolate(ab_small[None].float(), size=(height, width), mode="bilinear")[0]
-    return lab_to_rgb(torch.cat((lightness, ab * spec.ab_scale), dim=0))
+    return lab_to_rgb_keep_lightness(torch.cat((lightness, ab * spec.ab_scale), dim=0))
 
 
 @dataclass
