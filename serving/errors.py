@@ -50,8 +50,10 @@ class ImageTooLarge(ColorizerError):
     http_status = 413
 
 
-# HTTP status -> gRPC status code name, for clients and documentation. TorchServe's
-# gRPC frontend derives the gRPC status from the HTTP status the handler sets.
+# HTTP status -> gRPC status code name, for clients and documentation. TorchServe
+# 0.12's gRPC frontend does not apply the status the handler sets per request (it does
+# for REST): a refused gRPC request completes OK with the JSON error body as its
+# prediction, and serving.client raises it as an error with this mapping's meaning.
 GRPC_CODE_FOR_HTTP = {400: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
 
 ERROR_KINDS = tuple(
