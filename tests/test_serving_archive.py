@@ -1,0 +1,101 @@
+"""`colorizer archive`: what goes into colorizer.mar, and that it is self-contained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from serving.archive import build_archive, handler_path, serving_modules
+from serving.cli import main as cli
+from tests.serving_support import export_test_model
+
+HANDLER_NEEDS = {
+    "__init__",
+    "colorspace",
+    "constants",
+    "errors",
+    "imageio",
+    "model_spec",
+    "pipeline",
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export_test_model(tmp_path_factory.mktemp("archive") / "model.pt", "tiny")
+
+
+@pytest.fixture(scope="module")
+def mar(model, tmp_path_factory):
+    return build_archive(model, tmp_path_factory.mktemp("store"))
+
+
+def test_handler_needs_only_the_runtime_part_of_serving():
+    assert {p.stem for p in serving_modules(handler_path())} == HANDLER_NEEDS
+
+
+def test_archive_holds_model_handler_code_and_configs(mar):
+    assert mar.name == "colorizer.mar"
+    with zipfile.ZipFile(mar) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+        metrics = yaml.safe_load(zf.read("metrics.yaml"))
+    assert {f"serving/{name}.py" for name in HANDLER_NEEDS} <= names
+    assert not {n for n in names if n.startswith(("training/", "tests/"))}
+    assert manifest["modelName"] == "colorizer"
+    assert manifest["handler"] == "colorizer_handler.py" and "colorizer_handler.py" in names
+    assert manifest["serializedFile"] in names and manifest["configFile"] == "model-config.yaml"
+    assert config["batchSize"] >= 1 and config["minWorkers"] == config["maxWorkers"] == 1
+    assert {"precision", "max_pixels"} <= set(config["handler"])
+    declared = {m["name"] for kind in metrics["model_metrics"].values() for m in kind}
+    assert {"colorizer_stage_seconds", "colorizer_errors_total"} <= declared
+
+
+def test_gpu_profile_batches_more(model, tmp_path):
+    mar = build_archive(model, tmp_path, profile="gpu")
+    with zipfile.ZipFile(mar) as zf:
+        gpu = yaml.safe_load(zf.read("model-config.yaml"))
+    assert gpu["batchSize"] > 4
+
+
+def test_handler_imports_from_the_unpacked_archive_alone(mar, tmp_path):
+    """As a stock TorchServe would: only the archive's folder, plus torch/pillow/ts."""
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import colorizer_handler, serving;"
+        "print(serving.__file__); print('training' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", probe, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    serving_file, training_loaded = done.stdout.split()
+    assert serving_file.startswith(str(tmp_path)) and training_loaded == "False"
+
+
+def test_refuses_what_is_not_an_exported_model(tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a torchscript file")
+    with pytest.raises(ValueError, match="colorizer export"):
+        build_archive(fake, tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        build_archive(tmp_path / "missing.pt", tmp_path / "out")
+
+
+def test_unknown_profile_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="profile"):
+        build_archive(model, tmp_path, profile="tpu")
+
+
+def test_archive_command(model, tmp_path, capsys):
+    assert cli(["archive", "--model", str(model), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "colorizer.mar").is_file()
+    assert "colorizer.mar" in capsys.readouterr().out

@@ -1,0 +1,83 @@
+"""The client without a server: inputs, output names, error decoding, unreachable services."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.client import (
+    ColorizerClient,
+    ServiceError,
+    collect_inputs,
+    error_from_body,
+    output_name,
+    sniff_content_type,
+)
+from tests.serving_support import encode, free_ports, synthetic_photo
+
+
+def test_collect_inputs_walks_folders_and_keeps_relative_names(tmp_path):
+    (tmp_path / "album" / "2019").mkdir(parents=True)
+    (tmp_path / "album" / "a.JPG").write_bytes(b"x")
+    (tmp_path / "album" / "2019" / "b.png").write_bytes(b"x")
+    (tmp_path / "album" / "notes.txt").write_text("not a photo")
+    single = tmp_path / "c.webp"
+    pairs = collect_inputs([tmp_path / "album", single])
+    assert [(src.name, str(name)) for src, name in pairs] == [
+        ("b.png", "2019/b.png"),
+        ("a.JPG", "a.JPG"),
+        ("c.webp", "c.webp"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "expected"),
+    [
+        ("a.jpg", "jpeg", "a.jpg"),
+        ("a.JPEG", "jpeg", "a.JPEG"),
+        ("a.jpg", "png", "a.png"),
+        ("scan.bmp", "png", "scan.png"),
+        ("dir/x.tif", "webp", "dir/x.webp"),
+    ],
+)
+def test_output_names_follow_the_output_format(name, fmt, expected):
+    assert output_name(Path(name), fmt) == Path(expected)
+
+
+def test_error_bodies_of_the_handler_and_of_torchserve():
+    ours = error_from_body(413, json.dumps({"error": "image_too_large", "message": "m"}).encode())
+    assert (ours.status, ours.kind, ours.message) == (413, "image_too_large", "m")
+    theirs = error_from_body(
+        500, b'{"code": 500, "type": "ErrorDataDecoderException", "message": "x"}'
+    )
+    assert (theirs.kind, theirs.message) == ("ErrorDataDecoderException", "x")
+    plain = error_from_body(502, b"Bad Gateway")
+    assert (plain.kind, plain.message) == ("http_error", "Bad Gateway")
+
+
+def test_sniffs_the_three_output_formats():
+    img = synthetic_photo(8, 8)
+    for fmt, ct in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")):
+        assert sniff_content_type(encode(img, fmt)) == ct
+    with pytest.raises(ServiceError):
+        sniff_content_type(b"GIF89a")
+
+
+def test_exactly_one_transport():
+    with pytest.raises(ValueError):
+        ColorizerClient()
+    with pytest.raises(ValueError):
+        ColorizerClient("http://x", "y:1")
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_an_unreachable_service_is_a_503_service_error(protocol):
+    (port,) = free_ports(1)
+    target = {"rest": (f"http://127.0.0.1:{port}", None), "grpc": (None, f"127.0.0.1:{port}")}
+    with ColorizerClient(*target[protocol], timeout=5) as client:
+        assert client.ping() is False
+        with pytest.raises(ServiceError) as failed:
+            client.colorize(b"\xff\xd8")
+    assert failed.value.status == 503
