@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint serve stop clean k8s-tools k8s-render image-lock
+.PHONY: venv java protos test lint serve stop clean k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -54,7 +54,15 @@ image-lock: venv
 	$(PY) k8s/image_lock.py > k8s/requirements-image.txt.tmp
 	mv k8s/requirements-image.txt.tmp k8s/requirements-image.txt
 
-test: venv java protos k8s-tools
+# Debian's Prometheus: tests/test_k8s.py runs the prometheus-adapter rule's queries on it
+# (the serving tests run the autoscaling query on it too).
+prometheus:
+	@if ! command -v prometheus >/dev/null; then \
+	  echo "installing prometheus"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+test: venv java protos k8s-tools prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

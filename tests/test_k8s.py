@@ -15,6 +15,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -408,6 +409,140 @@ def test_adapter_rule_discovers_the_series_and_maps_it_to_pods(adapter_rule):
     assert re.fullmatch(adapter_rule["name"]["matches"], C.REQUEST_COUNTER)
 
 
+class FakeExporter:
+    """A loopback /metrics endpoint whose request counters grow at fixed rates per second."""
+
+    def __init__(self, rates: dict[str, float]):  # {model_name: requests per second}
+        import http.server
+        import threading
+        import time
+
+        start = time.monotonic()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                elapsed = time.monotonic() - start
+                lines = [f"# TYPE {C.REQUEST_COUNTER} counter"]
+                for model, rate in rates.items():
+                    labels = f'model_name="{model}",model_version="default",hostname="h"'
+                    lines.append(f"{C.REQUEST_COUNTER}{{{labels}}} {100 + rate * elapsed:.3f}")
+                body = ("\n".join(lines) + "\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def prometheus_query(api: str, query: str, at: float) -> dict[str, float]:
+    """{pod label or "": value} of an instant query evaluated at unix time ``at``."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        data = json.load(resp)
+    assert data["status"] == "success", data
+    return {r["metric"].get("pod", ""): float(r["value"][1]) for r in data["data"]["result"]}
+
+
+def test_adapter_queries_give_per_pod_rates_on_a_real_prometheus(adapter_rule, tmp_path):
+    """Two fake pods scraped by Debian's Prometheus, labelled as the ServiceMonitor labels
+    them: the adapter's series query finds only the colorizer series, its metrics query
+    gives one rate per pod in the right proportion, and the per-pod rates add up to the
+    serving query's rate. (Absolute values need a full rate window; ratios do not.)"""
+    import socket
+    import time
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Debian's prometheus is missing: run `make k8s-tools` (make test does)")
+    # Pod a also serves another model at a high rate: the model_name filter must drop it.
+    pods = {
+        "colorizer-a": FakeExporter({C.MODEL_NAME: 10.0, "other": 100.0}),
+        "colorizer-b": FakeExporter({C.MODEL_NAME: 4.0}),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "colorizer",
+                "static_configs": [
+                    {"targets": [p.target], "labels": {"namespace": "colorizer", "pod": name}}
+                    for name, p in pods.items()
+                ],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    api = f"http://127.0.0.1:{port}"
+    per_pod_query = adapter_query(
+        adapter_rule["metricsQuery"],
+        C.REQUEST_COUNTER,
+        'namespace="colorizer",pod=~"colorizer-a|colorizer-b"',
+        "pod",
+    )
+    try:
+        deadline, per_pod = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                per_pod = prometheus_query(api, per_pod_query, time.time())
+            except OSError:
+                continue  # not up yet
+            if len(per_pod) == 2 and all(v > 0 for v in per_pod.values()):
+                break
+        assert set(per_pod) == set(pods), (per_pod, (tmp_path / "prometheus.log").read_text())
+        time.sleep(4)  # a few more samples per pod, so one sample more or less matters little
+        at = time.time() - 1
+        per_pod = prometheus_query(api, per_pod_query, at)
+        ratio = per_pod["colorizer-a"] / per_pod["colorizer-b"]
+        assert 1.5 < ratio < 4.5, per_pod  # 10 : 4, far from (10 + 100) : 4 unfiltered
+        service_wide = prometheus_query(api, C.REQUEST_RATE_PROMQL, at)[""]
+        assert service_wide == pytest.approx(sum(per_pod.values()), rel=1e-6)
+        # The series query the adapter uses for discovery: colorizer series of both pods.
+        import urllib.parse
+        import urllib.request
+
+        url = f"{api}/api/v1/series?" + urllib.parse.urlencode(
+            {"match[]": adapter_rule["seriesQuery"]}
+        )
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            series = json.load(resp)["data"]
+        assert sorted(s["pod"] for s in series) == sorted(pods)
+        assert {s["model_name"] for s in series} == {C.MODEL_NAME}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        for p in pods.values():
+            p.close()
+
+
 def test_hpa_scales_on_the_adapter_metric_and_cpu(rendered, adapter_rule):
     for overlay, docs in rendered.items():
         hpa = one(docs, "HorizontalPodAutoscaler")
@@ -681,18 +816,6 @@ def test_prestop_drains_before_sigterm(rendered, config):
     assert drain >= 15, "endpoints removal takes seconds to reach every node and client"
 
 
-def max_connection_age_missing() -> bool:
-    return "grpc_inference_max_connection_age_ms" not in read_properties(
-        SERVING / "config.properties"
-    )
-
-
-@pytest.mark.xfail(
-    max_connection_age_missing(),
-    reason="serving/config.properties lacks grpc_inference_max_connection_age_ms; gRPC "
-    "connections never rebalance after scale-up until it is set (asked of serving/)",
-    strict=True,
-)
 def test_grpc_connections_age_out_within_the_drain(rendered, config):
     """TorchServe sends GOAWAY after the max connection age (+-10% jitter): every client
     must have left a terminating pod before preStop ends."""
