@@ -915,7 +915,8 @@ def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
         assert build_tool not in installs, build_tool
     assert [a for i, a in final if i == "COPY" and a.startswith("--from=build")], "copies results"
     entrypoint = exec_form([a for i, a in final if i == "ENTRYPOINT"][-1])
-    assert entrypoint[:4] == ["tini", "--", "torchserve", "--foreground"]
+    # tini -g: SIGTERM reaches the JVM and the worker, not only the torchserve launcher.
+    assert entrypoint[:5] == ["tini", "-g", "--", "torchserve", "--foreground"]
     assert "--ts-config" in entrypoint
 
 
