@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -862,9 +863,12 @@ def test_replicas_spread_across_nodes(rendered):
 # ---- the image recipe ------------------------------------------------------------------
 
 
+ARCHIVE_CMD = "python -m serving.cli archive"  # `colorizer archive`, from the source tree
+
+
 def archives_built_by_dockerfile() -> dict[str, str]:
     """{profile: archive file name in the image's model store}, from the build stage."""
-    runs = [a for s, i, a in dockerfile_instructions() if i == "RUN" and "colorizer archive" in a]
+    runs = [a for s, i, a in dockerfile_instructions() if i == "RUN" and ARCHIVE_CMD in a]
     assert len(runs) == 1
     m = re.search(r"for profile in ([\w ]+); do", runs[0])
     assert m, runs[0]
@@ -874,22 +878,59 @@ def archives_built_by_dockerfile() -> dict[str, str]:
 
 
 def test_dockerfile_archive_commands_parse_with_the_real_cli():
-    """The image runs `colorizer archive` as the tests and `make serve` do; a renamed flag
-    or profile fails here, not in someone's image build."""
+    """The image runs `colorizer archive` (as python -m serving.cli) like the tests and
+    `make serve` do; a renamed flag or profile fails here, not in someone's image build."""
     from serving.archive import PROFILES
     from serving.cli import build_parser
 
-    (run_args,) = [
-        a for s, i, a in dockerfile_instructions() if i == "RUN" and "colorizer archive" in a
-    ]
+    (run_args,) = [a for s, i, a in dockerfile_instructions() if i == "RUN" and ARCHIVE_CMD in a]
     built = archives_built_by_dockerfile()
     assert set(built) == set(PROFILES)
-    command = re.search(r"colorizer (archive .*?)(?:&&|;|$)", run_args)[1]
+    command = re.search(r"python -m serving\.cli (archive .*?)(?:&&|;|$)", run_args)[1]
     for profile in built:
         argv = shlex.split(command.replace("$profile", profile))
         args = build_parser().parse_args(argv)
         assert args.command == "archive" and args.profile == profile
         assert str(args.model) == "model_store/default/colorizer.pt"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # the tiny model export
+def test_dockerfile_archive_step_runs_on_what_the_build_stage_copies(tmp_path):
+    """Replays the build stage outside a container: copy exactly what its COPY lines name
+    (the shipped weights replaced by a tiny exported model, for speed), run its archive
+    RUN line with /model-store redirected, and open the two archives it leaves."""
+    from tests.serving_support import export_test_model
+
+    src, store = tmp_path / "src", tmp_path / "model-store"
+    build_stage = [(i, a) for s, i, a in dockerfile_instructions() if s == 0]
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "generated")
+    for instr, args in build_stage:
+        if instr != "COPY":
+            continue
+        *sources, dest = args.split()
+        for source in sources:
+            target = src / dest / Path(source).name if dest.endswith("/") else src / dest
+            if source == "model_store/default":
+                export_test_model(target / "colorizer.pt", "tiny")
+            elif (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=ignore)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, target)
+    (step,) = [a for i, a in build_stage if i == "RUN" and ARCHIVE_CMD in a]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    done = run(
+        ["bash", "-o", "pipefail", "-c", step.replace("/model-store/", f"{store}/")],
+        cwd=src,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for profile, name in archives_built_by_dockerfile().items():
+        with zipfile.ZipFile(store / name) as mar:
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+            assert manifest["model"]["modelName"] == C.MODEL_NAME
+            config = mar.read("model-config.yaml").decode()
+            assert f"profile: {profile}" in config.splitlines()[0]
 
 
 def test_each_overlay_serves_its_profile_archive_under_the_model_name(rendered):
