@@ -814,7 +814,7 @@ def test_prestop_drains_before_sigterm(rendered, config):
         assert command[0] == "sleep"
         drain = int(command[1])
         assert drain + 10 <= pod["terminationGracePeriodSeconds"], overlay
-    assert drain >= 15, "endpoints removal takes seconds to reach every node and client"
+        assert drain >= 15, "endpoint removal takes seconds to reach every node and client"
 
 
 def test_grpc_connections_age_out_within_the_drain(rendered, config):
