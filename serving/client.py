@@ -34,6 +34,25 @@ SUFFIX_OF_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 STATUS_OF_KIND = {
     cls.kind: cls.http_status for cls in (ColorizerError, *ColorizerError.__subclasses__())
 }
+# Colorizing is idempotent, so gRPC retries calls that end UNAVAILABLE (a connection the
+# server closed at its max connection age, a pod going away). A photo must fit the retry
+# buffer, or gRPC commits the call and cannot retry it.
+GRPC_RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "org.pytorch.serve.grpc.inference.InferenceAPIsService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 # gRPC status code name -> HTTP status, for calls the gRPC frontend itself fails.
 HTTP_OF_GRPC_CODE = {
     **{code: status for status, code in GRPC_CODE_FOR_HTTP.items()},
@@ -127,6 +146,10 @@ class ColorizerClient:
                 options=[
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.enable_retries", 1),
+                    ("grpc.service_config", GRPC_RETRY_SERVICE_CONFIG),
+                    ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
+                    ("grpc.retry_buffer_size", 4 * MAX_MESSAGE_BYTES),
                 ],
             )
             self._stub = self._stubs.inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)

@@ -81,3 +81,35 @@ def test_an_unreachable_service_is_a_503_service_error(protocol):
         with pytest.raises(ServiceError) as failed:
             client.colorize(b"\xff\xd8")
     assert failed.value.status == 503
+
+
+def test_grpc_retries_a_call_the_server_answered_unavailable():
+    """In-process gRPC server: UNAVAILABLE once (as when a connection ages out), then a photo."""
+    from concurrent import futures
+
+    import grpc
+
+    import protos
+
+    stubs = protos.load()
+    png = encode(synthetic_photo(8, 8), "PNG")
+    calls = []
+
+    class FlakyInference(stubs.inference_pb2_grpc.InferenceAPIsServiceServicer):
+        def Predictions(self, request, context):
+            calls.append(len(request.input["data"]))
+            if len(calls) == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection aged out")
+            return stubs.inference_pb2.PredictionResponse(prediction=png)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    stubs.inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(FlakyInference(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ColorizerClient(grpc_target=f"127.0.0.1:{port}", timeout=10) as client:
+            photo = b"\xff\xd8" + bytes(1_000_000)  # above gRPC's default retry buffer
+            result = client.colorize(photo)
+    finally:
+        server.stop(None)
+    assert result.content_type == "image/png" and calls == [len(photo), len(photo)]
