@@ -380,6 +380,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print("stop it with: colorizer stop" + _state_dir_flag(args.state_dir))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
         psutil.Process(state.launcher_pid).wait()
     except (KeyboardInterrupt, SystemExit, psutil.Error):
