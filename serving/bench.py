@@ -26,15 +26,21 @@ DEFAULT_GRPC = f"127.0.0.1:{GRPC_PORT}"
 WARMUP = 3
 
 
+def synthetic_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A deterministic RGB image that compresses like a photo: color gradients plus grain."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    xx, yy = xx / max(width, 1), yy / max(height, 1)
+    rgb = np.stack([xx, yy, 0.5 + 0.5 * np.sin(8 * xx * yy + seed)], axis=-1)
+    grain = np.random.default_rng(seed).normal(0, 0.02, rgb.shape).astype(np.float32)
+    return Image.fromarray((np.clip(rgb + grain, 0, 1) * 255).astype(np.uint8))
+
+
 def bench_image(size: int, path: Path | None = None) -> bytes:
     """A ``size`` x ``size`` JPEG (quality 90): ``path`` center-cropped, else a synthetic photo."""
     if path is not None:
         img = ImageOps.fit(Image.open(path).convert("RGB"), (size, size))
-    else:  # smooth color gradients plus grain: compresses like a photo, deterministic
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        rgb = np.stack([xx, yy, 0.5 + 0.5 * np.sin(6 * xx * yy)], axis=-1)
-        grain = np.random.default_rng(0).normal(0, 0.03, rgb.shape)
-        img = Image.fromarray((np.clip(rgb + grain, 0, 1) * 255).astype(np.uint8))
+    else:
+        img = synthetic_photo(size, size)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()

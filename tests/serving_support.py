@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serving.bench import synthetic_photo  # noqa: F401  (re-exported for the tests)
 from serving.colorspace import rgb_to_lab
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -27,20 +28,12 @@ def export_test_model(path: Path, preset_name: str = "compact") -> Path:
     """
     if path.is_file():
         return path
+    from tests.test_model import TINY
     from training.export import export
-    from training.model import Colorizer, ColorizerConfig, preset
+    from training.model import Colorizer, preset
 
     torch.manual_seed(0)
-    if preset_name == "tiny":
-        config = ColorizerConfig(
-            backbone="mobilenetv3_small_050",
-            embed_dim=16,
-            encoder_channels=(4, 8, 8, 8, 8, 8, 8, 8),
-            fusion_channels=8,
-            decoder_channels=(8, 4, 4, 4),
-        )
-    else:
-        config = preset(preset_name)
+    config = TINY if preset_name == "tiny" else preset(preset_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     export(Colorizer(config), path)
     return path
@@ -82,12 +75,3 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-def synthetic_photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A deterministic photo-like RGB image (smooth gradients plus grain)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    xx, yy = xx / max(width, 1), yy / max(height, 1)
-    rgb = np.stack([xx, yy, 0.5 + 0.5 * np.sin(8 * xx * yy + seed)], axis=-1)
-    grain = np.random.default_rng(seed).normal(0, 0.02, rgb.shape).astype(np.float32)
-    return Image.fromarray((np.clip(rgb + grain, 0, 1) * 255).astype(np.uint8))
