@@ -108,7 +108,7 @@ def test_grpc_retries_a_call_the_server_answered_unavailable():
     server.start()
     try:
         with ColorizerClient(grpc_target=f"127.0.0.1:{port}", timeout=10) as client:
-            photo = b"\xff\xd8" + bytes(1_000_000)  # above gRPC's default retry buffer
+            photo = b"\xff\xd8" + bytes(1_000_000)  # a photo-sized request
             result = client.colorize(photo)
     finally:
         server.stop(None)
