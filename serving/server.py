@@ -221,8 +221,7 @@ def start(
         )
     check_ports_free(host, ports)
 
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
+    _clear_run_files(state_dir)
     (state_dir / "tmp").mkdir(parents=True)
     config = state_dir / "config.properties"
     overrides = config_overrides(host, ports, store)
@@ -292,6 +291,14 @@ def stop(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     shutil.rmtree(state_dir / "tmp", ignore_errors=True)
     return True
+
+
+def _clear_run_files(state_dir: Path) -> None:
+    """Remove what an earlier run wrote into ``state_dir``, and nothing else there."""
+    for name in ("tmp", "logs"):
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+    for name in ("config.properties", "torchserve.log", STATE_FILE):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:

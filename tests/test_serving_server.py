@@ -87,3 +87,14 @@ def test_stop_without_a_server_is_a_no_op(tmp_path, capsys):
     assert stop(tmp_path) is False
     assert cli(["stop", "--state-dir", str(tmp_path)]) == 0
     assert "nothing to stop" in capsys.readouterr().out
+
+
+def test_a_new_run_clears_only_its_own_files_from_the_state_folder(tmp_path):
+    from serving.server import _clear_run_files
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "ts_log.log").write_text("old run")
+    (tmp_path / "config.properties").write_text("old=1")
+    (tmp_path / "notes.txt").write_text("the user's, not ours")
+    _clear_run_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
