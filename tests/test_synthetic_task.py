@@ -13,7 +13,7 @@ from serving.cli import main
 
 TRAIN_IMAGES = 1024
 HELD_OUT_IMAGES = 48
-EPOCHS = 5
+EPOCHS = 6
 
 
 @pytest.mark.slow

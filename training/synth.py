@@ -1,8 +1,10 @@
 """`colorizer synth`: a learnable synthetic colorization task.
 
-Each image is a textured background with one or two textured shapes on it. The
-texture class of a region fixes its hue (a*, b*), so color is a deterministic
-function of what the gray image shows *where it shows it*. A correct pipeline
+Each image is a textured background with a textured shape on it. The texture
+class of a region fixes its hue (a*, b*), so color is a deterministic function of
+what the gray image shows *where it shows it*. As in real photos, color varies
+more smoothly than luminance: the a*b* map is blurred across region borders
+(``AB_BLUR_SIGMA``) while L keeps its sharp edges. A correct pipeline
 learns it; one with L/ab misaligned, flipped, wrongly scaled, or with a broken
 fusion/export cannot.
 """
@@ -16,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.functional import gaussian_blur
 
 from serving.colorspace import lab_to_rgb
 
-# Texture class -> (a*, b*): chroma 32 at four well-separated hue angles.
-CHROMA = 32.0
+# Texture class -> (a*, b*): chroma 28 at four well-separated hue angles.
+CHROMA = 28.0
 HUE_DEGREES = (30.0, 120.0, 210.0, 300.0)
 CLASS_AB = tuple(
     (CHROMA * math.cos(math.radians(h)), CHROMA * math.sin(math.radians(h))) for h in HUE_DEGREES
@@ -29,6 +32,7 @@ PERIOD = 16  # texture period in pixels (survives the resize to 224)
 SIZE_RANGE = (192, 320)
 L_RANGE = (40.0, 65.0)
 TEXTURE_AMPLITUDE = 12.0
+AB_BLUR_SIGMA = 6.0  # pixels; about the network's a*b* resolution at these sizes
 
 
 def texture(cls: int, height: int, width: int) -> np.ndarray:
@@ -55,8 +59,7 @@ def make_image(rng: np.random.Generator) -> np.ndarray:
     height, width = (int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1)) for _ in range(2))
     classes = rng.permutation(len(CLASS_AB))
     label = np.full((height, width), classes[0])
-    for cls in classes[1 : 1 + int(rng.integers(1, 3))]:
-        label[shape_mask(rng, height, width)] = cls
+    label[shape_mask(rng, height, width)] = classes[1]
     lightness = np.zeros((height, width), np.float32)
     a = np.zeros_like(lightness)
     b = np.zeros_like(lightness)
@@ -65,7 +68,10 @@ def make_image(rng: np.random.Generator) -> np.ndarray:
         base = rng.uniform(*L_RANGE)
         lightness[region] = (base + TEXTURE_AMPLITUDE * texture(cls, height, width))[region]
         a[region], b[region] = CLASS_AB[cls]
-    lab = torch.from_numpy(np.stack((lightness, a, b)))
+    ab = torch.from_numpy(np.stack((a, b)))
+    kernel = 2 * int(3 * AB_BLUR_SIGMA) + 1
+    ab = gaussian_blur(ab, [kernel, kernel], [AB_BLUR_SIGMA, AB_BLUR_SIGMA])
+    lab = torch.cat((torch.from_numpy(lightness)[None], ab))
     rgb = lab_to_rgb(lab)
     return (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
