@@ -20,15 +20,17 @@ EPOCHS = 6
 def test_compact_preset_learns_the_synthetic_task(tmp_path):
     train_dir, val_dir = tmp_path / "train", tmp_path / "held_out"
     run, report = tmp_path / "run", tmp_path / "report"
-    assert main(["synth", "--out", str(train_dir), "--count", str(TRAIN_IMAGES), "--seed", "0"]) == 0
-    assert main(["synth", "--out", str(val_dir), "--count", str(HELD_OUT_IMAGES), "--seed", "1"]) == 0
+    for folder, count, seed in ((train_dir, TRAIN_IMAGES, 0), (val_dir, HELD_OUT_IMAGES, 1)):
+        args = ["synth", "--out", str(folder), "--count", str(count), "--seed", str(seed)]
+        assert main(args) == 0
     args = ["train", "--data", str(train_dir), "--val-data", str(val_dir), "--preset", "compact"]
     args += ["--epochs", str(EPOCHS), "--batch-size", "16", "--lr", "2e-3", "--seed", "0"]
     args += ["--workers", "1", "--out", str(run), "--no-progress"]
     assert main(args) == 0
     model = tmp_path / "colorizer.pt"
     assert main(["export", str(run / "last.pt"), "--out", str(model)]) == 0
-    assert main(["evaluate", "--model", str(model), "--data", str(val_dir), "--out", str(report)]) == 0
+    args = ["evaluate", "--model", str(model), "--data", str(val_dir), "--out", str(report)]
+    assert main(args) == 0
 
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["images"] == HELD_OUT_IMAGES
