@@ -124,13 +124,17 @@ class ColorizerHandler:
         settings = (context.model_yaml_config or {}).get("handler", {}) or {}
         model_file = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
         device = pick_device(props.get("gpu_id"))
+        if settings.get("threads"):  # else torch's default: OMP_NUM_THREADS or all cores
+            torch.set_num_threads(int(settings["threads"]))
         self.pipeline = ColorizePipeline.load(model_file, device, settings.get("precision", "auto"))
         self.max_pixels = int(settings.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.warm_up(int(props.get("batch_size") or 1))
         log.info(
-            "colorizer handler ready: device=%s dtype=%s batch_size=%s max_pixels=%d serving=%s",
+            "colorizer handler ready: device=%s dtype=%s threads=%d batch_size=%s max_pixels=%d "
+            "serving=%s",
             device,
             str(self.pipeline.dtype).removeprefix("torch."),
+            torch.get_num_threads(),
             props.get("batch_size"),
             self.max_pixels,
             Path(serving.__file__).parent,

@@ -154,7 +154,10 @@ def _log_tail(path: Path, lines: int = 25) -> str:
 
 
 def ready_workers(state: ServerState) -> int:
-    """READY workers of the model if /ping is healthy, else 0 (never raises on I/O)."""
+    """READY workers of the model if /ping is healthy and at least minWorkers are; else 0.
+
+    Never raises on I/O.
+    """
     base = f"http://{_connect_host(state.host)}:{state.ports.http}"
     try:
         ping = requests.get(f"{base}/ping", timeout=2)
@@ -165,10 +168,11 @@ def ready_workers(state: ServerState) -> int:
         )
         if described.status_code != 200:
             return 0
-        workers = described.json()[0].get("workers", [])
-    except (requests.RequestException, ValueError, LookupError):
+        model = described.json()[0]
+        ready = sum(worker.get("status") == "READY" for worker in model.get("workers", []))
+    except (requests.RequestException, ValueError, LookupError, AttributeError):
         return 0
-    return sum(worker.get("status") == "READY" for worker in workers)
+    return ready if ready >= max(1, int(model.get("minWorkers", 1))) else 0
 
 
 def _launcher(state: ServerState) -> psutil.Process | None:

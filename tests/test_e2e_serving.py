@@ -120,7 +120,7 @@ def test_grpc_ping_predictions_and_describe_model(server, stubs, photo):
         )
     (described,) = json.loads(reply.msg)
     assert described["modelName"] == MODEL_NAME and described["batchSize"] == 4
-    assert [w["status"] for w in described["workers"]] == ["READY"]
+    assert [w["status"] for w in described["workers"]] == ["READY"] * described["minWorkers"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

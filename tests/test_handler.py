@@ -115,6 +115,17 @@ def test_initialize_picks_cpu_and_logs_dtype(model_dir, caplog):
     assert ready and "device=cpu" in ready[0] and "dtype=" in ready[0]
 
 
+def test_threads_setting_from_model_config(model_dir, caplog):
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO):
+            Harness(model_dir, {"threads": 1})
+        assert torch.get_num_threads() == 1
+        assert any("threads=1" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pick_device_follows_torchserve_gpu_id():
     assert pick_device(None) == torch.device("cpu")
     expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

@@ -51,8 +51,8 @@ def test_archive_holds_model_handler_code_and_configs(mar):
     assert manifest["modelName"] == "colorizer"
     assert manifest["handler"] == "colorizer_handler.py" and "colorizer_handler.py" in names
     assert manifest["serializedFile"] in names and manifest["configFile"] == "model-config.yaml"
-    assert config["batchSize"] >= 1 and config["minWorkers"] == config["maxWorkers"] == 1
-    assert {"precision", "max_pixels"} <= set(config["handler"])
+    assert config["batchSize"] >= 1 and config["minWorkers"] == config["maxWorkers"] >= 1
+    assert {"precision", "threads", "max_pixels"} <= set(config["handler"])
     declared = {m["name"] for kind in metrics["model_metrics"].values() for m in kind}
     assert {"colorizer_stage_seconds", "colorizer_errors_total"} <= declared
 
