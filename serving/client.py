@@ -132,6 +132,9 @@ class ColorizerClient:
             self._channel = grpc.insecure_channel(
                 grpc_target,
                 options=[
+                    # Spread calls over every address the target resolves to (e.g. the pods
+                    # behind k8s's headless colorizer-grpc Service, as dns:///host:7070).
+                    ("grpc.lb_policy_name", "round_robin"),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ],
