@@ -28,7 +28,7 @@ def export_test_model(path: Path, preset_name: str = "compact") -> Path:
     """
     if path.is_file():
         return path
-    from tests.test_model import TINY
+    from tests.model_support import TINY
     from training.export import export
     from training.model import Colorizer, preset
 

@@ -9,17 +9,10 @@ from PIL import Image
 
 from serving.colorspace import rgb_to_lab
 from serving.pipeline import ColorizePipeline
+from tests.model_support import TINY
 from training.evaluate import colorfulness, evaluate, gray_baseline, psnr
 from training.export import export
-from training.model import Colorizer, ColorizerConfig
-
-TINY = ColorizerConfig(
-    backbone="mobilenetv3_small_050",
-    embed_dim=16,
-    encoder_channels=(4, 8, 8, 8, 8, 8, 8, 8),
-    fusion_channels=8,
-    decoder_channels=(8, 4, 4, 4),
-)
+from training.model import Colorizer
 
 
 def test_psnr_known_values():

@@ -8,17 +8,10 @@ import torch
 from serving.cli import main
 from serving.model_spec import SPEC_FILE, ModelSpec, load_scripted
 from serving.pipeline import ColorizePipeline
+from tests.model_support import TINY
 from training import export as export_mod
 from training.checkpoint import save_checkpoint
-from training.model import Colorizer, ColorizerConfig
-
-TINY = ColorizerConfig(
-    backbone="mobilenetv3_small_050",
-    embed_dim=16,
-    encoder_channels=(4, 8, 8, 8, 8, 8, 8, 8),
-    fusion_channels=8,
-    decoder_channels=(8, 4, 4, 4),
-)
+from training.model import Colorizer
 
 
 def test_export_writes_scripted_model_with_spec(tmp_path):

@@ -5,6 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tests.model_support import TINY
 from training.model import (
     PRESETS,
     Colorizer,
@@ -13,14 +14,6 @@ from training.model import (
     build_model,
     count_parameters,
     preset,
-)
-
-TINY = ColorizerConfig(
-    backbone="mobilenetv3_small_050",
-    embed_dim=16,
-    encoder_channels=(4, 8, 8, 8, 8, 8, 8, 8),
-    fusion_channels=8,
-    decoder_channels=(8, 4, 4, 4),
 )
 
 
