@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint serve stop clean k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java protos test lint serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -73,6 +73,18 @@ serve: venv java protos
 
 stop: venv
 	$(VENV)/bin/colorizer stop
+
+# Reproduce the shipped default model from the repo alone (fixed seed), then its report:
+# model_store/default/MODEL_CARD.md says what it is and what it scored.
+DEFAULT_EPOCHS ?= 20
+DEFAULT_RUN ?= runs/default
+default-model: venv
+	$(VENV)/bin/colorizer train --data training/datasets/photos/train \
+	  --val-data training/datasets/photos/val --preset compact --head classification \
+	  --epochs $(DEFAULT_EPOCHS) --batch-size 16 --lr 1e-3 --seed 0 --workers 1 --out $(DEFAULT_RUN)
+	$(VENV)/bin/colorizer export $(DEFAULT_RUN)/last.pt --out model_store/default/colorizer.pt
+	$(VENV)/bin/colorizer evaluate --model model_store/default/colorizer.pt \
+	  --data training/datasets/photos/val --out model_store/default/report
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) protos/generated model_store/*.mar .serve

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "training.train",
     "training.export",
     "training.evaluate",
+    "training.benchmark",
     "serving.archive",
     "serving.server",
     "serving.client",

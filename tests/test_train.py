@@ -90,3 +90,12 @@ def test_ddp_two_cpu_processes_keep_identical_weights(synth_data, tmp_path):
     log = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert log["world_size"] == 2
     assert log["images"] == 2 * 2 * 2  # 2 ranks x 2 steps x batch 2: both ranks' samples counted
+
+
+def test_train_bench_reports_both_precisions_and_their_ratio(capsys):
+    from serving.cli import main
+
+    assert main(["train-bench", "--batch-size", "2", "--steps", "1", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fp32_img_s"] > 0 and result["bf16_img_s"] > 0
+    assert result["bf16_over_fp32"] == pytest.approx(result["bf16_img_s"] / result["fp32_img_s"])
