@@ -330,6 +330,9 @@ def endpoints(state: ServerState) -> str:
             f"  management  http://{LOOPBACK}:{p.management}, gRPC {LOOPBACK}:{p.grpc_management}"
             " (loopback only)",
             f"  logs        {Path(state.log).parent / 'logs'}",
+            "try it:",
+            f"  colorizer colorize training/datasets/photos/val -o colorized/"
+            f" --url http://{host}:{p.http}",
         ]
     )
 
