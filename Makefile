@@ -76,13 +76,13 @@ stop: venv
 
 # Reproduce the shipped default model from the repo alone (fixed seed), then its report:
 # model_store/default/MODEL_CARD.md says what it is and what it scored.
-DEFAULT_EPOCHS ?= 20
+DEFAULT_EPOCHS ?= 63
 DEFAULT_RUN ?= runs/default
 default-model: venv
 	$(VENV)/bin/colorizer train --data training/datasets/photos/train \
 	  --val-data training/datasets/photos/val --preset compact --head classification \
 	  --epochs $(DEFAULT_EPOCHS) --batch-size 16 --lr 1e-3 --seed 0 --workers 1 --out $(DEFAULT_RUN)
-	$(VENV)/bin/colorizer export $(DEFAULT_RUN)/last.pt --out model_store/default/colorizer.pt
+	$(VENV)/bin/colorizer export $(DEFAULT_RUN)/best.pt --out model_store/default/colorizer.pt
 	$(VENV)/bin/colorizer evaluate --model model_store/default/colorizer.pt \
 	  --data training/datasets/photos/val --out model_store/default/report
 
