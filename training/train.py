@@ -192,6 +192,18 @@ def _all_reduce_sum(values: list[float], env: Dist, device: torch.device) -> lis
 
 
 @torch.no_grad()
+def sync_buffers(model: nn.Module, env: Dist) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running stats).
+
+    DDP broadcasts them only at the start of each forward, so after the last step of an
+    epoch each rank holds stats updated by its own batch.
+    """
+    if env.world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
 def validate(model, loader, device, dtype, env: Dist) -> float:
     """Mean MSE of the predicted a*b* (whatever the head) over the validation set (all ranks)."""
     model.eval()
@@ -283,6 +295,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.update()
         bar.close()
         seconds = time.perf_counter() - started
+        sync_buffers(model, env)
         loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)], env, device)
         val_loss = validate(model, val_loader, device, dtype, env)
         record = {
