@@ -39,6 +39,15 @@ def test_rebalance_weights_favor_rare_bins_and_average_one():
     assert float((p * weights).sum()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_rebalance_mix_one_turns_rebalancing_off_and_zero_is_refused():
+    counts = torch.tensor([1000.0, 100.0, 10.0, 0.0])
+    assert torch.allclose(rebalance_weights(counts, mix=1.0), torch.ones(4))
+    mild, strong = rebalance_weights(counts, mix=0.8), rebalance_weights(counts, mix=0.5)
+    assert float(mild.max() / mild.min()) < float(strong.max() / strong.min())
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        rebalance_weights(counts, mix=0.0)
+
+
 def test_annealed_mean_interpolates_between_mean_and_mode():
     centers = torch.tensor([[0.5, 0.0], [-0.5, 0.0]])
     logits = torch.tensor([2.0, 0.0]).view(1, 2, 1, 1)

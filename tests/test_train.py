@@ -11,7 +11,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.synth import write_dataset
-from training.train import TrainConfig, train
+from training.train import TrainConfig, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,24 @@ def test_train_logs_checkpoints_and_resumes_exactly(synth_data, tmp_path):
         assert torch.equal(resumed.model.state_dict()[key], value), key
     part_log = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in part_log] == [0, 1]
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(data=Path("d"), out=Path("o"), lr=1e-3)
+    assert [lr_at(cfg, p) for p in (0.0, 0.5, 1.0)] == [1e-3] * 3
+    cosine = TrainConfig(data=Path("d"), out=Path("o"), lr=1e-3, lr_schedule="cosine")
+    assert lr_at(cosine, 0.0) == pytest.approx(1e-3)
+    assert lr_at(cosine, 0.5) == pytest.approx(5e-4)
+    assert lr_at(cosine, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(cosine, 0.25) > lr_at(cosine, 0.75)
+    with pytest.raises(ValueError, match="constant, cosine"):
+        lr_at(TrainConfig(data=Path("d"), out=Path("o"), lr_schedule="step"), 0.5)
+
+
+def test_cosine_run_ends_at_zero_learning_rate(synth_data, tmp_path):
+    train(_cfg(synth_data, tmp_path / "cos", lr_schedule="cosine"))
+    log = [json.loads(x) for x in (tmp_path / "cos" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["lr"] == pytest.approx(5e-4) and log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_training_moves_the_weights(synth_data, tmp_path):

@@ -40,11 +40,29 @@ def nearest_bin(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 def rebalance_weights(counts: torch.Tensor, mix: float = REBALANCE_MIX) -> torch.Tensor:
     """Class weights proportional to 1 / ((1 - mix) * p + mix / Q), with E_p[w] = 1.
 
-    ``counts``: (Q,) how often each bin occurs in the training targets.
+    ``counts``: (Q,) how often each bin occurs in the training targets. ``mix`` in (0, 1];
+    1.0 gives every class weight 1 (no rebalancing).
     """
+    if not 0.0 < mix <= 1.0:
+        raise ValueError(f"rebalance mix must be in (0, 1], got {mix}")
     p = counts.double() / counts.sum().clamp(min=1)
     weights = 1.0 / ((1 - mix) * p + mix / len(counts))
     return (weights / (p * weights).sum()).float()
+
+
+def adjust_for_prior(
+    logits: torch.Tensor, class_weights: torch.Tensor, correction: float
+) -> torch.Tensor:
+    """Logits (B, Q, H, W) minus ``correction`` * log(class weight): post-hoc logit adjustment.
+
+    Training with rebalancing weights w shifts the learned posterior to about w_q p(q | x).
+    ``correction`` 1.0 undoes that (more accurate, less colorful); 0.0 keeps it; negative
+    values rebalance further (more colorful). Returns float32 logits of the same shape.
+    """
+    if correction == 0.0:
+        return logits.float()
+    log_w = torch.log(class_weights.float().clamp(min=1e-12))
+    return logits.float() - correction * log_w[None, :, None, None]
 
 
 def annealed_mean(logits: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm import tqdm
 
 from serving.pipeline import pick_dtype
-from training.ab_bins import nearest_bin, rebalance_weights
+from training.ab_bins import REBALANCE_MIX, nearest_bin, rebalance_weights
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PhotoDataset, collate, split_files
 from training.model import (
@@ -44,6 +44,8 @@ from training.model import (
 )
 
 log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -61,6 +63,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step)
+    rebalance_mix: float = REBALANCE_MIX  # classification: lambda, 1.0 = no rebalancing
     seed: int = 0
     resume: Path | None = None
     workers: int = 1
@@ -92,6 +96,19 @@ def init_distributed() -> Dist:
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
     return env
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Learning rate at ``progress`` in [0, 1] of the whole run (epochs done / cfg.epochs).
+
+    A pure function of progress, so a resumed run follows the same curve.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    choices = ", ".join(LR_SCHEDULES)
+    raise ValueError(f"lr_schedule must be one of {choices}, got {cfg.lr_schedule!r}")
 
 
 def pick_device(env: Dist) -> torch.device:
@@ -156,8 +173,10 @@ def loss_fn(model: Colorizer, raw: torch.Tensor, ab: torch.Tensor) -> torch.Tens
     against the nearest a*b* bin of the 2x2-averaged target.
     """
     if model.classify:
-        target = nearest_bin(F.avg_pool2d(ab, 2), model.bin_centers)
-        return F.cross_entropy(raw.float(), target, weight=model.class_weights)
+        target = nearest_bin(F.avg_pool2d(ab, 2), model.bin_centers)  # (B, 112, 112)
+        # Classes last: a view of a channels_last tensor, and a fast contiguous softmax.
+        logits = raw.permute(0, 2, 3, 1).reshape(-1, raw.shape[1]).float()
+        return F.cross_entropy(logits, target.reshape(-1), weight=model.class_weights)
     pred = F.interpolate(torch.tanh(raw.float()), scale_factor=2.0, mode="nearest")
     return F.mse_loss(pred, ab)
 
@@ -247,7 +266,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         model = build_model(model_config(cfg), cfg.backbone_weights)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
     if model.classify and ckpt is None:
-        model.class_weights.copy_(rebalance_weights(class_counts(train_files, model)))
+        counts = class_counts(train_files, model)
+        model.class_weights.copy_(rebalance_weights(counts, cfg.rebalance_mix))
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if ckpt is not None and ckpt.get("optimizer") is not None:
@@ -281,6 +301,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             if step >= steps:
                 break
             runtime_skips.update(skips)
+            lr = lr_at(cfg, (epoch + step / steps) / cfg.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             if len(l_in):
                 with autocast(device, dtype):
                     raw = ddp(_to(l_in, device), _to(gray, device))
@@ -305,7 +328,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "images": int(seen),
             "images_per_s": seen / seconds,
             "seconds": seconds,
-            "lr": cfg.lr,
+            "lr": lr_at(cfg, (epoch + 1) / cfg.epochs),  # at the end of the epoch
             "head": model.config.head,
             "dtype": str(dtype).removeprefix("torch."),
             "world_size": env.world_size,
@@ -364,6 +387,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
     p.add_argument("--batch-size", type=int, default=16, help="per-process batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="constant, or cosine decay to 0 over all --epochs (default constant)",
+    )
+    p.add_argument(
+        "--rebalance-mix",
+        type=float,
+        default=REBALANCE_MIX,
+        help="classification: lambda of the class rebalancing, weights "
+        f"1/((1-lambda) p + lambda/Q); 1.0 turns rebalancing off "
+        f"(default {REBALANCE_MIX}, Zhang et al.)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling, augmentation")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder")
     p.add_argument("--resume", type=Path, help="checkpoint to continue from (last.pt)")
@@ -392,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        rebalance_mix=args.rebalance_mix,
         seed=args.seed,
         resume=args.resume,
         workers=args.workers,
