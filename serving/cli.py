@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "training.synth",
     "training.train",
     "training.export",
+    "training.decoding",
     "training.evaluate",
     "training.benchmark",
     "serving.archive",

@@ -65,6 +65,17 @@ def image_metrics(colorized: torch.Tensor, truth: torch.Tensor) -> dict[str, flo
     }
 
 
+def summarize(per_image: list[dict[str, float]], dtype: torch.dtype) -> dict:
+    """Per-image metrics -> their means, psnr_gain, colorfulness_ratio and the precision."""
+    keys = ("psnr", "psnr_gray", "colorfulness", "colorfulness_gt", "l_mae")
+    summary: dict = {"images": len(per_image)}
+    summary.update({k: sum(r[k] for r in per_image) / len(per_image) for k in keys})
+    summary["psnr_gain"] = summary["psnr"] - summary["psnr_gray"]
+    summary["colorfulness_ratio"] = summary["colorfulness"] / max(summary["colorfulness_gt"], 1e-9)
+    summary["precision"] = str(dtype).removeprefix("torch.")
+    return summary
+
+
 def _thumb(rgb: torch.Tensor) -> Image.Image:
     img = Image.fromarray(to_uint8_hwc(rgb))
     width = max(1, round(img.width * GRID_THUMB_HEIGHT / img.height))
@@ -107,12 +118,7 @@ def evaluate(
             per_image.append({"file": path.name, **image_metrics(colorized, truth)})
             if len(grid) < grid_rows:
                 grid.append((quantize(gray_baseline(truth)), quantize(colorized), truth))
-    keys = ("psnr", "psnr_gray", "colorfulness", "colorfulness_gt", "l_mae")
-    summary = {"images": len(per_image)}
-    summary.update({k: sum(r[k] for r in per_image) / len(per_image) for k in keys})
-    summary["psnr_gain"] = summary["psnr"] - summary["psnr_gray"]
-    summary["colorfulness_ratio"] = summary["colorfulness"] / max(summary["colorfulness_gt"], 1e-9)
-    summary["precision"] = str(pipeline.dtype).removeprefix("torch.")
+    summary = summarize(per_image, pipeline.dtype)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out / "per_image.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in per_image)

@@ -14,6 +14,7 @@ import torch
 
 from serving.model_spec import ModelSpec, load_scripted, save_scripted
 from training.checkpoint import model_from_checkpoint
+from training.decoding import Decoding, read_choice
 from training.model import Colorizer
 
 PARITY_TOLERANCE = 1e-4
@@ -84,11 +85,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="TorchScript file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    p.add_argument(
+        "--decoding",
+        type=Path,
+        help="classification head: apply the choice of a `colorizer tune-decoding` file",
+    )
+    p.add_argument("--temperature", type=float, help="classification head: annealed-mean T")
+    p.add_argument(
+        "--prior-correction", type=float, help="classification head: post-hoc logit adjustment"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(args.checkpoint)
+    if args.decoding or args.temperature is not None or args.prior_correction is not None:
+        cfg = model.config
+        chosen = (
+            read_choice(args.decoding)
+            if args.decoding
+            else Decoding(cfg.temperature, cfg.prior_correction)
+        )
+        temperature = chosen.temperature if args.temperature is None else args.temperature
+        correction = (
+            chosen.prior_correction if args.prior_correction is None else args.prior_correction
+        )
+        model.with_decoding(temperature, correction)
+        print(f"decoding: temperature {temperature}, prior correction {correction}")
     diff = export(model, args.out, seed=args.seed)
     print(f"export parity: max |eager - torchscript| = {diff:.3g} (limit {PARITY_TOLERANCE})")
     print(f"wrote {args.out}")

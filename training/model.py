@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.ab_bins import annealed_mean, gamut_bin_centers
+from training.ab_bins import adjust_for_prior, annealed_mean, gamut_bin_centers
 
 HEADS = ("regression", "classification")
 
@@ -38,6 +38,7 @@ class ColorizerConfig:
     head: str = "regression"  # "regression": conv 2 + tanh, MSE (the paper); or "classification"
     ab_bin_size: float = 10.0  # classification: a*b* grid cell, Lab units
     temperature: float = 0.38  # classification: annealed-mean temperature (Zhang et al.)
+    prior_correction: float = 0.0  # classification: post-hoc logit adjustment, see ab_bins
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +129,8 @@ class Colorizer(nn.Module):
     conv Q logits over in-gamut a*b* bins, decoded with the annealed mean.
     """
 
-    __constants__ = ["classify", "temperature"]  # TorchScript: fixed per exported model
+    # TorchScript: fixed per exported model
+    __constants__ = ["classify", "temperature", "prior_correction"]
 
     def __init__(self, config: ColorizerConfig = ColorizerConfig()) -> None:
         super().__init__()
@@ -137,6 +139,7 @@ class Colorizer(nn.Module):
         self.config = config
         self.classify = config.head == "classification"
         self.temperature = config.temperature
+        self.prior_correction = config.prior_correction
         self.encoder = Encoder(config.encoder_channels, config.encoder_strides)
         self.backbone = timm.create_model(
             config.backbone, pretrained=False, num_classes=config.embed_dim
@@ -157,13 +160,36 @@ class Colorizer(nn.Module):
         embedding = self.backbone(gray_299.expand(-1, 3, -1, -1))  # (B, E)
         return self.head(self.decoder(self.fusion(features, embedding)))
 
-    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
-        out = self.head_output(l_224, gray_299)
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output (B, 2|Q, 112, 112) -> a*b* (B, 2, 224, 224) in [-1, 1], out's dtype.
+
+        Classification: prior correction, then the annealed mean at ``temperature``.
+        """
         if self.classify:
-            ab = annealed_mean(out, self.bin_centers, self.temperature).to(out.dtype)
+            logits = adjust_for_prior(out, self.class_weights, self.prior_correction)
+            ab = annealed_mean(logits, self.bin_centers, self.temperature).to(out.dtype)
         else:
             ab = torch.tanh(out)
-        return F.interpolate(ab, scale_factor=2.0, mode="nearest")  # (B, 2, 224, 224)
+        return F.interpolate(ab, scale_factor=2.0, mode="nearest")
+
+    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.head_output(l_224, gray_299))
+
+    def with_decoding(self, temperature: float, prior_correction: float) -> Colorizer:
+        """This network (same weights, in place) decoding with the given settings.
+
+        Raises ValueError for a regression head or a temperature <= 0.
+        """
+        if not self.classify:
+            raise ValueError("decoding settings apply to the classification head only")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.config = replace(
+            self.config, temperature=float(temperature), prior_correction=float(prior_correction)
+        )
+        self.temperature = self.config.temperature
+        self.prior_correction = self.config.prior_correction
+        return self
 
 
 def count_parameters(model: nn.Module) -> int:

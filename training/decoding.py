@@ -1,0 +1,190 @@
+"""`colorizer tune-decoding`: choose the classification head's decoding on validation photos.
+
+The classification head predicts a distribution over a*b* bins; how it becomes one color
+is set by two numbers fixed at export: the annealed-mean ``temperature`` (Zhang et al.
+2016) and the ``prior_correction`` (post-hoc logit adjustment against the training-time
+class rebalancing, see ``training.ab_bins.adjust_for_prior``). This command runs the
+network once per photo, decodes the cached logits with every candidate pair, scores each
+with the same metrics as `colorizer evaluate` at the photo's original resolution, and
+picks the highest PSNR gain among the pairs whose colorfulness ratio reaches the floor.
+
+Writes OUT (JSON): every candidate's summary and the choice, which `colorizer export
+--decoding OUT` applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from serving.imageio import decode_image
+from serving.model_spec import ModelSpec
+from serving.pipeline import ColorizePipeline, pick_dtype
+from training.checkpoint import model_from_checkpoint
+from training.data import find_images
+from training.evaluate import image_metrics, summarize
+from training.model import Colorizer
+
+MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
+DEFAULT_TEMPERATURES = (0.2, 0.3, 0.38, 0.5, 0.7, 1.0)
+DEFAULT_CORRECTIONS = (-0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One decoding setting of the classification head."""
+
+    temperature: float
+    prior_correction: float
+
+
+class NoFeasibleDecoding(ValueError):
+    """No candidate reached the colorfulness floor."""
+
+
+def choose(rows: list[dict], min_colorfulness_ratio: float) -> dict:
+    """The row with the highest psnr_gain among those with colorfulness_ratio >= the floor.
+
+    ``rows``: summaries with keys temperature, prior_correction, psnr_gain,
+    colorfulness_ratio. Raises NoFeasibleDecoding when none reaches the floor.
+    """
+    feasible = [r for r in rows if r["colorfulness_ratio"] >= min_colorfulness_ratio]
+    if not feasible:
+        best = max(r["colorfulness_ratio"] for r in rows)
+        raise NoFeasibleDecoding(
+            f"no decoding reaches colorfulness ratio {min_colorfulness_ratio} "
+            f"(the most colorful candidate has {best:.3f}); try lower temperatures or "
+            "negative prior corrections"
+        )
+    return max(feasible, key=lambda r: r["psnr_gain"])
+
+
+def sweep(
+    model: Colorizer,
+    data: str | Path,
+    candidates: list[Decoding],
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict]:
+    """Score every candidate on the photos under ``data``; one summary dict per candidate.
+
+    The network trunk runs once per batch; only the decoding is repeated.
+    """
+    if not model.classify:
+        raise ValueError("tune-decoding needs a classification-head checkpoint")
+    files = find_images(data)
+    if not files:
+        raise ValueError(f"no photos under {data}")
+    pipeline = ColorizePipeline(model, ModelSpec(), device, dtype)
+    per_image: dict[Decoding, list[dict]] = {c: [] for c in candidates}
+    for start in tqdm(range(0, len(files), batch_size), desc="tune", disable=not progress):
+        truths = [
+            decode_image(p.read_bytes(), max_pixels=10**9).rgb for p in files[start:][:batch_size]
+        ]
+        batch = pipeline.prepare(truths)
+        with torch.inference_mode():
+            raw = model.head_output(batch.l_in, batch.gray_in)
+            for cand in candidates:
+                model.with_decoding(cand.temperature, cand.prior_correction)
+                ab = model.decode(raw).float()
+                for truth, colorized in zip(truths, pipeline.finish(batch, ab), strict=True):
+                    per_image[cand].append(image_metrics(colorized, truth))
+    return [
+        {"temperature": c.temperature, "prior_correction": c.prior_correction}
+        | summarize(rows, dtype)
+        for c, rows in per_image.items()
+    ]
+
+
+def read_choice(path: str | Path) -> Decoding:
+    """The chosen setting from a file written by `colorizer tune-decoding`."""
+    data = json.loads(Path(path).read_text())
+    try:
+        choice = data["choice"]
+        return Decoding(float(choice["temperature"]), float(choice["prior_correction"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a tune-decoding result (no valid 'choice')") from exc
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tune-decoding",
+        help="choose the classification head's temperature and prior correction on val photos",
+        description="Score every (temperature, prior correction) pair on DATA with the metrics "
+        "of `colorizer evaluate`; choose the highest PSNR gain whose colorfulness ratio reaches "
+        "--min-colorfulness-ratio; write all scores and the choice to --out (JSON).",
+    )
+    p.add_argument("checkpoint", type=Path, help="classification checkpoint from `train`")
+    p.add_argument("--data", type=Path, required=True, help="folder of validation photos")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument(
+        "--temperatures",
+        type=_floats,
+        default=DEFAULT_TEMPERATURES,
+        help="comma-separated annealed-mean temperatures, each > 0",
+    )
+    p.add_argument(
+        "--corrections",
+        type=_floats,
+        default=DEFAULT_CORRECTIONS,
+        help="comma-separated prior corrections (0 keeps the rebalancing, 1 undoes it)",
+    )
+    p.add_argument(
+        "--min-colorfulness-ratio",
+        type=float,
+        default=MIN_COLORFULNESS_RATIO,
+        help=f"floor on colorfulness / ground truth's (default {MIN_COLORFULNESS_RATIO})",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 on CUDA or an AMX CPU (as the service), else fp32",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(t <= 0 for t in args.temperatures):
+        raise ValueError(f"temperatures must be > 0, got {args.temperatures}")
+    device = torch.device(args.device)
+    model = model_from_checkpoint(args.checkpoint)
+    candidates = [Decoding(t, c) for t in args.temperatures for c in args.corrections]
+    dtype = pick_dtype(device, args.precision)
+    rows = sweep(model, args.data, candidates, device, dtype, args.batch_size)
+    print(f"{'temperature':>11} {'correction':>10} {'psnr_gain':>9} {'color_ratio':>11}")
+    for r in rows:
+        print(
+            f"{r['temperature']:>11.3g} {r['prior_correction']:>10.3g} "
+            f"{r['psnr_gain']:>9.3f} {r['colorfulness_ratio']:>11.3f}"
+        )
+    result: dict = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
+    result |= {"min_colorfulness_ratio": args.min_colorfulness_ratio, "rows": rows}
+    try:
+        result["choice"] = choose(rows, args.min_colorfulness_ratio)
+    finally:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    choice = result["choice"]
+    print(
+        f"choice: temperature {choice['temperature']}, prior correction "
+        f"{choice['prior_correction']}: PSNR gain {choice['psnr_gain']:.3f} dB, "
+        f"colorfulness ratio {choice['colorfulness_ratio']:.3f}; wrote {args.out}"
+    )
+    return 0
