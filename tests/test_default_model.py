@@ -7,6 +7,7 @@ import pytest
 
 from serving.model_spec import load_scripted
 from serving.pipeline import ColorizePipeline
+from training.decoding import read_choice
 from training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,17 @@ def test_default_weights_are_shipped_small_and_loadable():
     module, spec = load_scripted(weights)
     assert spec.l_size == 224 and spec.gray_size == 299
     assert (DEFAULT / "MODEL_CARD.md").is_file()
+
+
+def test_default_decodes_as_its_tuning_report_chose():
+    module, _ = load_scripted(DEFAULT / "colorizer.pt")
+    report = json.loads((DEFAULT / "report" / "decoding.json").read_text())
+    choice = read_choice(DEFAULT / "report" / "decoding.json")
+    assert (module.temperature, module.prior_correction) == (
+        choice.temperature,
+        choice.prior_correction,
+    )
+    assert report["choice"]["colorfulness_ratio"] >= report["min_colorfulness_ratio"]
 
 
 @pytest.mark.slow

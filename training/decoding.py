@@ -32,7 +32,7 @@ from training.model import Colorizer
 
 MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
 DEFAULT_TEMPERATURES = (0.2, 0.3, 0.38, 0.5, 0.7, 1.0)
-DEFAULT_CORRECTIONS = (-0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_CORRECTIONS = (-0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--corrections",
         type=_floats,
         default=DEFAULT_CORRECTIONS,
-        help="comma-separated prior corrections (0 keeps the rebalancing, 1 undoes it)",
+        help="comma-separated prior corrections (0 keeps the rebalancing, 1 undoes it); "
+        "write --corrections=-0.5,0 when the list starts with a minus sign",
     )
     p.add_argument(
         "--min-colorfulness-ratio",
