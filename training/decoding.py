@@ -27,7 +27,7 @@ from serving.model_spec import ModelSpec
 from serving.pipeline import ColorizePipeline, pick_dtype
 from training.checkpoint import model_from_checkpoint
 from training.data import find_images
-from training.evaluate import image_metrics, summarize
+from training.evaluate import add_inference_options, image_metrics, summarize
 from training.model import Colorizer
 
 MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
@@ -150,21 +150,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=MIN_COLORFULNESS_RATIO,
         help=f"floor on colorfulness / ground truth's (default {MIN_COLORFULNESS_RATIO})",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 on CUDA or an AMX CPU (as the service), else fp32",
-    )
+    add_inference_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if any(t <= 0 for t in args.temperatures):
         raise ValueError(f"temperatures must be > 0, got {args.temperatures}")
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model_from_checkpoint(args.checkpoint)
     candidates = [Decoding(t, c) for t in args.temperatures for c in args.corrections]
     dtype = pick_dtype(device, args.precision)

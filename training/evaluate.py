@@ -137,8 +137,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="TorchScript file from `export`")
     p.add_argument("--data", type=Path, required=True, help="folder of color photos")
     p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
     p.add_argument("--grid-rows", type=int, default=12, help="photos shown in grid.png")
+    add_inference_options(p)
+    p.set_defaults(func=run)
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size, --device and --precision, as evaluate and tune-decoding take them."""
+    p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--precision",
@@ -146,7 +152,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: bf16 on CUDA or an AMX CPU (as the service), else fp32",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
