@@ -17,7 +17,7 @@ from serving.model_spec import ModelSpec
 from serving.pipeline import pick_dtype
 from training.export import random_inputs
 from training.model import PRESETS, Colorizer, preset
-from training.train import HeadOutput, autocast, loss_fn
+from training.train import HeadOutput, train_step
 
 
 def step_rate(model: Colorizer, dtype: torch.dtype, batch: int, steps: int) -> float:
@@ -25,18 +25,11 @@ def step_rate(model: Colorizer, dtype: torch.dtype, batch: int, steps: int) -> f
     view = HeadOutput(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     l_in, gray = random_inputs(ModelSpec(), batch, seed=0)
-    l_in = l_in.contiguous(memory_format=torch.channels_last)
-    gray = gray.contiguous(memory_format=torch.channels_last)
-    ab = torch.zeros(batch, 2, 224, 224)
+    data = (l_in, gray, torch.zeros(batch, 2, 224, 224))
     device = torch.device("cpu")
     start = time.perf_counter()
     for _ in range(steps):
-        with autocast(device, dtype):
-            raw = view(l_in, gray)
-        loss = loss_fn(model, raw, ab)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, view, optimizer, data, device, dtype)
     return batch * steps / (time.perf_counter() - start)
 
 

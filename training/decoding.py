@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from serving.imageio import decode_image
 from serving.model_spec import ModelSpec
 from serving.pipeline import ColorizePipeline, pick_dtype
 from training.checkpoint import model_from_checkpoint
-from training.data import find_images
-from training.evaluate import add_inference_options, image_metrics, summarize
+from training.evaluate import add_inference_options, image_metrics, photo_batches, summarize
 from training.model import Colorizer
 
 MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
@@ -79,15 +76,9 @@ def sweep(
     """
     if not model.classify:
         raise ValueError("tune-decoding needs a classification-head checkpoint")
-    files = find_images(data)
-    if not files:
-        raise ValueError(f"no photos under {data}")
     pipeline = ColorizePipeline(model, ModelSpec(), device, dtype)
     per_image: dict[Decoding, list[dict]] = {c: [] for c in candidates}
-    for start in tqdm(range(0, len(files), batch_size), desc="tune", disable=not progress):
-        truths = [
-            decode_image(p.read_bytes(), max_pixels=10**9).rgb for p in files[start:][:batch_size]
-        ]
+    for _, truths in photo_batches(data, batch_size, "tune", progress):
         batch = pipeline.prepare(truths)
         with torch.inference_mode():
             raw = model.head_output(batch.l_in, batch.gray_in)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,6 +97,21 @@ def save_grid(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path:
     grid.save(path)
 
 
+def photo_batches(
+    data: str | Path, batch_size: int, desc: str, progress: bool = True
+) -> Iterator[tuple[list[Path], list[torch.Tensor]]]:
+    """Every photo under ``data``, in batches: (paths, RGB (3, H_i, W_i) float [0, 1]).
+
+    Photos keep their full size (no pixel limit). Raises ValueError when there are none.
+    """
+    files = find_images(data)
+    if not files:
+        raise ValueError(f"no photos under {data}")
+    for start in tqdm(range(0, len(files), batch_size), desc=desc, disable=not progress):
+        chunk = files[start : start + batch_size]
+        yield chunk, [decode_image(p.read_bytes(), max_pixels=10**9).rgb for p in chunk]
+
+
 def evaluate(
     pipeline: ColorizePipeline,
     data: str | Path,
@@ -105,15 +121,10 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate every photo under ``data``; write the report into ``out``; return the summary."""
-    files = find_images(data)
-    if not files:
-        raise ValueError(f"no photos under {data}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image, grid = [], []
-    for start in tqdm(range(0, len(files), batch_size), desc="evaluate", disable=not progress):
-        chunk = files[start : start + batch_size]
-        truths = [decode_image(p.read_bytes(), max_pixels=10**9).rgb for p in chunk]
+    for chunk, truths in photo_batches(data, batch_size, "evaluate", progress):
         for path, truth, colorized in zip(chunk, truths, pipeline.colorize(truths), strict=True):
             per_image.append({"file": path.name, **image_metrics(colorized, truth)})
             if len(grid) < grid_rows:

@@ -202,6 +202,29 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def train_step(
+    model: Colorizer,
+    view: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """One Adam step on (l (B,1,S,S), gray (B,1,G,G), ab (B,2,S,S)), all in [-1, 1].
+
+    ``view`` is the HeadOutput of ``model`` (DDP-wrapped when distributed); the forward
+    runs under ``dtype`` autocast, the loss in fp32. Returns the loss (detached scalar).
+    """
+    l_in, gray, ab = batch
+    with autocast(device, dtype):
+        raw = view(_to(l_in, device), _to(gray, device))
+    loss = loss_fn(model, raw, ab.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def _all_reduce_sum(values: list[float], env: Dist, device: torch.device) -> list[float]:
     if env.world_size == 1:
         return values
@@ -305,12 +328,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if len(l_in):
-                with autocast(device, dtype):
-                    raw = ddp(_to(l_in, device), _to(gray, device))
-                loss = loss_fn(model, raw, ab.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss = train_step(model, ddp, optimizer, (l_in, gray, ab), device, dtype)
                 loss_sum += loss.item() * len(l_in)
                 seen += len(l_in)
             rate = seen * env.world_size / (time.perf_counter() - started)
