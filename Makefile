@@ -43,16 +43,19 @@ $(TOOLS_STAMP): k8s/requirements-tools.txt
 	touch $@
 
 # Render an overlay (OVERLAY=cpu|gpu) to stdout; pipe it to `kubectl apply -f -`. The load
-# restrictor is off because the ConfigMap is generated from serving/config.properties.
+# restrictor is off because the ConfigMap is generated from serving/launcher/config.properties.
 OVERLAY ?= gpu
 k8s-render: k8s-tools
 	@$(TOOLS_VENV)/bin/kubectl kustomize --load-restrictor LoadRestrictionsNone k8s/overlays/$(OVERLAY)
 
-# Re-pin the serving image's runtime wheels (k8s/requirements-image.txt) from .venv after
-# a change to [project] dependencies; tests/test_k8s.py says when it is due.
+# Re-pin the serving image's wheels (k8s/requirements-image.txt: runtime + TorchServe;
+# k8s/requirements-archive.txt: the build stage's archive tools) from .venv after a change
+# to the runtime dependencies or the server/launcher extras; the k8s tests say when it is due.
 image-lock: venv
-	$(PY) k8s/image_lock.py > k8s/requirements-image.txt.tmp
-	mv k8s/requirements-image.txt.tmp k8s/requirements-image.txt
+	for set in image archive; do \
+	  $(PY) k8s/image_lock.py $$set > k8s/requirements-$$set.txt.tmp && \
+	  mv k8s/requirements-$$set.txt.tmp k8s/requirements-$$set.txt; \
+	done
 
 # Debian's Prometheus: tests/test_k8s.py runs the prometheus-adapter rule's queries on it
 # (the serving tests run the autoscaling query on it too).

@@ -5,10 +5,10 @@ One request is one photo:
 - bytes: the REST raw body, or the multipart field / gRPC input key ``data``;
 - options: ``format`` (jpeg|png|webp) and ``quality`` (1-100) as REST query parameters,
   multipart fields or gRPC input keys; without ``format``, the ``Accept`` header, then
-  the input's own format (see ``serving.imageio.choose_output_format``).
+  the input's own format (see ``serving.runtime.imageio.choose_output_format``).
 
 Every request gets its own status code and Content-Type. A bad photo fails only its own
-request, with the JSON body of ``serving.errors.error_response``; the worker never dies
+request, with the JSON body of ``serving.runtime.errors.error_response``; the worker never dies
 on bad input. TorchServe's gRPC frontend (0.12) ignores per-request status codes: there
 an error arrives as a successful call whose ``prediction`` holds that JSON body.
 
@@ -29,16 +29,21 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 import serving
-from serving.constants import CONTENT_TYPES, DEFAULT_MAX_PIXELS, INPUT_FORMATS_HUMAN, MODEL_NAME
-from serving.errors import ColorizerError, EmptyInput, NotAnImage, error_response
-from serving.imageio import (
+from serving.runtime.constants import (
+    CONTENT_TYPES,
+    DEFAULT_MAX_PIXELS,
+    INPUT_FORMATS_HUMAN,
+    MODEL_NAME,
+)
+from serving.runtime.errors import ColorizerError, EmptyInput, NotAnImage, error_response
+from serving.runtime.imageio import (
     DecodedImage,
     choose_output_format,
     decode_image,
     encode_image,
     parse_quality,
 )
-from serving.pipeline import ColorizePipeline
+from serving.runtime.pipeline import ColorizePipeline
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ WARMUP_RUNS = 2  # TorchScript's profiling executor optimizes a shape on its sec
 # A decoded request waiting for the network: (index in the batch, image, format, quality).
 Job = tuple[int, DecodedImage, str, int]
 
-# Custom metrics, declared in serving/metrics.yaml (dimension order matters there).
+# Custom metrics, declared in serving/launcher/metrics.yaml (dimension order matters there).
 STAGE_METRIC = "colorizer_stage_seconds"
 BATCH_METRIC = "colorizer_batch_size"
 MEGAPIXELS_METRIC = "colorizer_input_megapixels"

@@ -1,8 +1,10 @@
 """The `colorizer` console command: parses the command line (only here) and dispatches.
 
 Each subcommand lives in the module that owns its behaviour and exposes
-``add_parser(subparsers)``; this file only lists them. Modules are imported when
-`main()` runs, never at import time of this file.
+``add_parser(subparsers)`` and a ``run``-style function it sets as ``func``. This file only
+lists them by module NAME: a command's module is imported when that command runs, so
+`colorizer archive` never imports ``training`` (the serving image has no training code)
+and `colorizer train` never imports the launcher.
 """
 
 from __future__ import annotations
@@ -12,35 +14,64 @@ import importlib
 import logging
 import sys
 
-# Modules in the order `colorizer --help` lists them.
-COMMAND_MODULES = (
-    "training.synth",
-    "training.train",
-    "training.export",
-    "training.decoding",
-    "training.evaluate",
-    "training.benchmark",
-    "serving.archive",
-    "serving.server",
-    "serving.client",
-    "serving.bench",
-)
+# command -> (module that owns it, one-line help), in the order `colorizer --help` lists them.
+COMMANDS = {
+    "synth": ("training.synth", "write a learnable synthetic colorization data set"),
+    "train": ("training.train", "train the colorization network"),
+    "export": ("training.export", "export a training checkpoint to one TorchScript file"),
+    "tune-decoding": (
+        "training.decoding",
+        "choose the classification head's temperature and prior correction on val photos",
+    ),
+    "evaluate": (
+        "training.evaluate",
+        "colorize a folder with an exported model and report quality metrics",
+    ),
+    "train-bench": (
+        "training.benchmark",
+        "training throughput on this CPU: fp32 vs bf16 (ratio from one run)",
+    ),
+    "archive": (
+        "serving.launcher.archive",
+        "package an exported model as a TorchServe archive (.mar)",
+    ),
+    "serve": ("serving.launcher.server", "start TorchServe with the colorizer model"),
+    "stop": ("serving.launcher.server", "stop the server `colorizer serve` started"),
+    "colorize": ("serving.client.colorize", "colorize photos through a running service"),
+    "bench": (
+        "serving.client.bench",
+        "measure latency and throughput of a running service (REST vs gRPC)",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first known word), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (the others are listed by name)."""
     parser = argparse.ArgumentParser(
         prog="colorizer",
         description="Train, export, package, serve and call the image colorizer.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    wanted = COMMANDS[command][0] if command else None
+    for name, (module, help_text) in COMMANDS.items():
+        if name in sub.choices:  # registered by its module, beside `command`
+            continue
+        if module == wanted:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.bench import synthetic_photo  # noqa: F401  (re-exported for the tests)
-from serving.colorspace import rgb_to_lab
+from serving.client.bench import synthetic_photo  # noqa: F401  (re-exported for the tests)
+from serving.runtime.colorspace import rgb_to_lab
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from serving.colorspace import rgb_to_lab
-from serving.model_spec import ModelSpec
+from serving.runtime.colorspace import rgb_to_lab
+from serving.runtime.model_spec import ModelSpec
 from training.ab_bins import annealed_mean, gamut_bin_centers, nearest_bin, rebalance_weights
 from training.export import export, random_inputs
 from training.model import PRESETS, Colorizer

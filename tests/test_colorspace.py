@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.color import lab2rgb, rgb2lab
 
-from serving.colorspace import lab_to_rgb, lightness_to_gray, rgb_to_lab
+from serving.runtime.colorspace import lab_to_rgb, lightness_to_gray, rgb_to_lab
 
 N_COLORS = 100_000
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serving.colorspace import rgb_to_lab
-from serving.model_spec import ModelSpec
+from serving.runtime.colorspace import rgb_to_lab
+from serving.runtime.model_spec import ModelSpec
 from training.data import PhotoDataset, collate, find_images, in_val_split, split_files
 
 

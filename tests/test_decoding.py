@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from serving.cli import main
-from serving.model_spec import load_scripted
-from serving.pipeline import ColorizePipeline
+from serving.runtime.model_spec import load_scripted
+from serving.runtime.pipeline import ColorizePipeline
 from tests.model_support import TINY
 from training.ab_bins import adjust_for_prior, annealed_mean
 from training.checkpoint import save_checkpoint

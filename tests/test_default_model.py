@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.model_spec import load_scripted
-from serving.pipeline import ColorizePipeline
+from serving.runtime.model_spec import load_scripted
+from serving.runtime.pipeline import ColorizePipeline
 from training.decoding import read_choice
 from training.evaluate import evaluate
 

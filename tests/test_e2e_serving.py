@@ -26,11 +26,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 import protos
-from serving.archive import build_archive
 from serving.cli import main as cli
 from serving.client import ColorizerClient, ServiceError
-from serving.constants import MODEL_NAME, REQUEST_RATE_PROMQL
-from serving.server import SERVING_DIR
+from serving.launcher.archive import build_archive
+from serving.launcher.server import LAUNCHER_DIR
+from serving.runtime.constants import MODEL_NAME, REQUEST_RATE_PROMQL
 from tests.serving_support import (
     encode,
     export_test_model,
@@ -298,7 +298,7 @@ def test_prometheus_computes_the_autoscaling_request_rate(server, clients, photo
     binary = _prometheus_binary()
     if binary is None:
         pytest.skip("Debian's prometheus package could not be installed here")
-    config = yaml.safe_load((SERVING_DIR / "prometheus.yml").read_text())
+    config = yaml.safe_load((LAUNCHER_DIR / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [server.metrics_target]}]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serving.colorspace import rgb_to_lab
-from serving.pipeline import ColorizePipeline
+from serving.runtime.colorspace import rgb_to_lab
+from serving.runtime.pipeline import ColorizePipeline
 from tests.model_support import TINY
 from training.evaluate import colorfulness, evaluate, gray_baseline, psnr
 from training.export import export

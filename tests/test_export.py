@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from serving.cli import main
-from serving.model_spec import SPEC_FILE, ModelSpec, load_scripted
-from serving.pipeline import ColorizePipeline
+from serving.runtime.model_spec import SPEC_FILE, ModelSpec, load_scripted
+from serving.runtime.pipeline import ColorizePipeline
 from tests.model_support import TINY
 from training import export as export_mod
 from training.checkpoint import save_checkpoint

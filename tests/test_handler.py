@@ -1,6 +1,6 @@
 """The TorchServe handler in-process (no Java): inside TorchServe's own ``Service`` and
 ``Context``, fed batches shaped like the frontend's, with the real metrics cache reading
-serving/metrics.yaml."""
+serving/launcher/metrics.yaml."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
 from handlers.colorizer_handler import ColorizerHandler, pick_device
-from serving.constants import MODEL_NAME
-from serving.server import METRICS_CONFIG
+from serving.launcher.server import METRICS_CONFIG
+from serving.runtime.constants import MODEL_NAME
 from tests.serving_support import (
     encode,
     export_test_model,

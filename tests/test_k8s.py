@@ -18,7 +18,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
 from importlib import metadata
@@ -29,7 +28,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from serving import constants as C
+from serving.runtime import constants as C
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -39,7 +38,7 @@ OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor"}  # no bundled schema: checked structurally below
 MANAGEMENT_PORTS = {C.MANAGEMENT_PORT, C.GRPC_MANAGEMENT_PORT}
-SERVING = ROOT / "serving"
+SERVING = ROOT / "serving" / "launcher"  # the TorchServe configuration files
 CONFIG_FILES = ("config.properties", "metrics.yaml")  # serving/ files the ConfigMap carries
 
 
@@ -325,7 +324,7 @@ def test_pod_reads_the_configmap_where_the_image_and_config_expect_it(rendered, 
     entrypoint = exec_form([a for i, a in final if i == "ENTRYPOINT"][-1])
     ts_config = entrypoint[entrypoint.index("--ts-config") + 1]
     copies = [a.split() for i, a in final if i == "COPY"]
-    store = next(c[-1] for c in copies if c[0] == "--from=build" and c[1] == "/model-store")
+    store = next(c[-1] for c in copies if c[0] == "--from=archive" and c[1] == "/model-store")
     assert config["model_store"] == store
     for overlay, docs in rendered.items():
         c = container(docs)
@@ -880,8 +879,8 @@ def archives_built_by_dockerfile() -> dict[str, str]:
 def test_dockerfile_archive_commands_parse_with_the_real_cli():
     """The image runs `colorizer archive` (as python -m serving.cli) like the tests and
     `make serve` do; a renamed flag or profile fails here, not in someone's image build."""
-    from serving.archive import PROFILES
     from serving.cli import build_parser
+    from serving.launcher.archive import PROFILES
 
     (run_args,) = [a for s, i, a in dockerfile_instructions() if i == "RUN" and ARCHIVE_CMD in a]
     built = archives_built_by_dockerfile()
@@ -889,7 +888,7 @@ def test_dockerfile_archive_commands_parse_with_the_real_cli():
     command = re.search(r"python -m serving\.cli (archive .*?)(?:&&|;|$)", run_args)[1]
     for profile in built:
         argv = shlex.split(command.replace("$profile", profile))
-        args = build_parser().parse_args(argv)
+        args = build_parser("archive").parse_args(argv)
         assert args.command == "archive" and args.profile == profile
         assert str(args.model) == "model_store/default/colorizer.pt"
 
@@ -902,7 +901,9 @@ def test_dockerfile_archive_step_runs_on_what_the_build_stage_copies(tmp_path):
     from tests.serving_support import export_test_model
 
     src, store = tmp_path / "src", tmp_path / "model-store"
-    build_stage = [(i, a) for s, i, a in dockerfile_instructions() if s == 0]
+    instructions = dockerfile_instructions()
+    (archive_stage,) = {s for s, i, a in instructions if i == "RUN" and ARCHIVE_CMD in a}
+    build_stage = [(i, a) for s, i, a in instructions if s == archive_stage]
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "generated")
     for instr, args in build_stage:
         if instr != "COPY":
@@ -945,8 +946,8 @@ def test_each_overlay_serves_its_profile_archive_under_the_model_name(rendered):
 def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
     instructions = dockerfile_instructions()
     stages = [a for s, i, a in instructions if i == "FROM"]
-    assert len(stages) == 2 and stages[0].endswith(" AS build")
-    base_images = {a.split()[0] for a in stages}
+    assert stages[0].endswith(" AS runtime") and stages[1] == "runtime AS archive"
+    base_images = {a.split()[0] for a in stages} - {"runtime"}
     assert len(base_images) == 1, "the venv moves between stages: same Python in both"
     assert base_images.pop().startswith("python:3.11-")
     final = final_stage(instructions)
@@ -954,7 +955,12 @@ def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
     assert "openjdk-17-jre-headless" in installs
     for build_tool in ("build-essential", "gcc", "g++", "make ", "git", "-dev ", "pip install"):
         assert build_tool not in installs, build_tool
-    assert [a for i, a in final if i == "COPY" and a.startswith("--from=build")], "copies results"
+    copied = [a.split() for i, a in final if i == "COPY" and a.startswith("--from=")]
+    # The served venv comes from the runtime stage, never from the stage with the archiver.
+    assert ["--from=runtime", "/opt/venv", "/opt/venv"] in copied
+    assert [c for c in copied if c[0] == "--from=archive"] == [
+        ["--from=archive", "/model-store", "/home/model-server/model-store"]
+    ]
     entrypoint = exec_form([a for i, a in final if i == "ENTRYPOINT"][-1])
     # tini -g: SIGTERM reaches the JVM and the worker, not only the torchserve launcher.
     assert entrypoint[:5] == ["tini", "-g", "--", "torchserve", "--foreground"]
@@ -978,39 +984,60 @@ def test_dockerfile_copies_only_what_the_context_allows_and_the_repo_has():
             assert (ROOT / src).exists() or src.startswith("model_store/default"), src
 
 
-def test_image_wheel_list_agrees_with_pyproject():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    lines = [
-        ln
-        for ln in (K8S / "requirements-image.txt").read_text().splitlines()
-        if ln.strip() and not ln.startswith("#")
-    ]
+def read_lock(name: str) -> dict[str, str]:
+    """{canonical name: version} of k8s/requirements-<name>.txt; every line pinned."""
     pinned = {}
-    for ln in lines:
-        name, sep, version = ln.partition("==")
+    for ln in (K8S / f"requirements-{name}.txt").read_text().splitlines():
+        if not ln.strip() or ln.startswith("#"):
+            continue
+        pkg, sep, version = ln.partition("==")
         assert sep and version, f"not pinned: {ln}"
-        pinned[canonicalize_name(name)] = version
-    stale = []
-    for spec in pyproject["project"]["dependencies"]:
-        req = Requirement(spec)
-        name = canonicalize_name(req.name)
-        if name not in pinned or not req.specifier.contains(pinned[name], prereleases=True):
-            stale.append(spec)
-    assert not stale, f"k8s/requirements-image.txt is stale for {stale}: run `make image-lock`"
+        pinned[canonicalize_name(pkg)] = version
+    return pinned
+
+
+def load_image_lock_module():
+    spec = importlib.util.spec_from_file_location("image_lock", K8S / "image_lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["image", "archive"])
+def test_image_wheel_lists_agree_with_pyproject(name):
+    image_lock = load_image_lock_module()
+    pinned = read_lock(name)
+    wanted = {"image": image_lock.runtime_requirements, "archive": image_lock.archive_requirements}
+    available = pinned | (read_lock("image") if name == "archive" else {})
+    stale = [
+        str(req)
+        for req in wanted[name]()
+        if canonicalize_name(req.name) not in available
+        or not req.specifier.contains(available[canonicalize_name(req.name)], prereleases=True)
+    ]
+    assert not stale, f"k8s/requirements-{name}.txt is stale for {stale}: run `make image-lock`"
     # Closed under dependencies (names from the installed metadata): the image installs
-    # with --no-deps, then pip check.
+    # each list with --no-deps (the archive list on top of the image list), then pip check.
     missing = set()
-    for name in pinned:
+    for pkg in pinned:
         try:
-            requires = metadata.requires(name) or []
+            requires = metadata.requires(pkg) or []
         except metadata.PackageNotFoundError:
             continue
         for r in map(Requirement, requires):
             if (r.marker is None or r.marker.evaluate({"extra": ""})) and canonicalize_name(
                 r.name
-            ) not in pinned:
-                missing.add(f"{name} -> {r.name}")
+            ) not in available:
+                missing.add(f"{pkg} -> {r.name}")
     assert not missing, f"run `make image-lock`: {sorted(missing)}"
+
+
+def test_served_image_holds_the_runtime_and_torchserve_only():
+    image = read_lock("image")
+    assert {"torch", "pillow", "numpy", "torchserve"} <= set(image)
+    for not_served in ("timm", "torchvision", "grpcio", "torch-model-archiver", "requests"):
+        assert not_served not in image, f"{not_served} is not used by the served runtime"
+    assert "torch-model-archiver" in read_lock("archive")
 
 
 def test_container_logs_go_to_stdout_only():

@@ -10,14 +10,14 @@ import zipfile
 import pytest
 import yaml
 
-from serving.archive import build_archive, handler_path, serving_modules
 from serving.cli import main as cli
+from serving.launcher.archive import build_archive, runtime_files
 from tests.serving_support import export_test_model
 
-HANDLER_NEEDS = {
-    "__init__",
+RUNTIME_MODULES = {
     "colorspace",
     "constants",
+    "device",
     "errors",
     "imageio",
     "model_spec",
@@ -35,8 +35,11 @@ def mar(model, tmp_path_factory):
     return build_archive(model, tmp_path_factory.mktemp("store"))
 
 
-def test_handler_needs_only_the_runtime_part_of_serving():
-    assert {p.stem for p in serving_modules(handler_path())} == HANDLER_NEEDS
+def test_the_archive_ships_the_whole_runtime_package_and_nothing_else_of_serving():
+    shipped = {p.relative_to(p.parents[1]).as_posix() for p in runtime_files()}
+    assert shipped == {"serving/__init__.py"} | {f"runtime/{m}.py" for m in RUNTIME_MODULES} | {
+        "runtime/__init__.py"
+    }
 
 
 def test_archive_holds_model_handler_code_and_configs(mar):
@@ -46,8 +49,9 @@ def test_archive_holds_model_handler_code_and_configs(mar):
         manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]
         config = yaml.safe_load(zf.read("model-config.yaml"))
         metrics = yaml.safe_load(zf.read("metrics.yaml"))
-    assert {f"serving/{name}.py" for name in HANDLER_NEEDS} <= names
+    assert {f"serving/runtime/{name}.py" for name in RUNTIME_MODULES} <= names
     assert not {n for n in names if n.startswith(("training/", "tests/"))}
+    assert not {n for n in names if n.startswith(("serving/client", "serving/launcher"))}
     assert manifest["modelName"] == "colorizer"
     assert manifest["handler"] == "colorizer_handler.py" and "colorizer_handler.py" in names
     assert manifest["serializedFile"] in names and manifest["configFile"] == "model-config.yaml"

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.client import (
-    ColorizerClient,
-    ServiceError,
-    collect_inputs,
-    error_from_body,
-    output_name,
-    sniff_content_type,
-)
+from serving.client import ColorizerClient, ServiceError
+from serving.client.base import error_from_body, sniff_content_type
+from serving.client.colorize import collect_inputs, output_name
 from tests.serving_support import encode, free_ports, synthetic_photo
 
 

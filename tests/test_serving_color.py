@@ -2,9 +2,9 @@
 
 import torch
 
-from serving.colorspace import lab_to_rgb, lab_to_rgb_keep_lightness, rgb_to_lab
-from serving.model_spec import ModelSpec
-from serving.pipeline import compose
+from serving.runtime.colorspace import lab_to_rgb, lab_to_rgb_keep_lightness, rgb_to_lab
+from serving.runtime.model_spec import ModelSpec
+from serving.runtime.pipeline import compose
 
 
 def _random_lab(seed: int, n: int = 256, chroma: float = 128.0) -> torch.Tensor:

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from serving.cli import main as cli
-from serving.server import (
+from serving.launcher.server import (
     CONFIG_TEMPLATE,
     METRICS_CONFIG,
     Ports,
@@ -90,7 +90,7 @@ def test_stop_without_a_server_is_a_no_op(tmp_path, capsys):
 
 
 def test_a_new_run_clears_only_its_own_files_from_the_state_folder(tmp_path):
-    from serving.server import _clear_run_files
+    from serving.launcher.server import _clear_run_files
 
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "ts_log.log").write_text("old run")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from serving.colorspace import rgb_to_lab
-from serving.model_spec import ModelSpec
+from serving.runtime.colorspace import rgb_to_lab
+from serving.runtime.model_spec import ModelSpec
 
 GAMUT_SAMPLES_PER_CHANNEL = 48  # RGB grid used to find the in-gamut bins
 REBALANCE_MIX = 0.5  # lambda in Zhang et al.: mix of empirical and uniform priors

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from serving.model_spec import ModelSpec
-from serving.pipeline import pick_dtype
+from serving.runtime.device import pick_dtype
+from serving.runtime.model_spec import ModelSpec
 from training.export import random_inputs
 from training.model import PRESETS, Colorizer, preset
 from training.train import HeadOutput, train_step
@@ -60,7 +60,6 @@ def benchmark(preset_name: str, batch: int, steps: int, rounds: int) -> dict:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train-bench",
-        help="training throughput on this CPU: fp32 vs bf16 (ratio from one run)",
         description="Time Adam steps of the network on random inputs, alternating fp32 and "
         "bf16 autocast rounds, and print median images/s and the bf16/fp32 ratio.",
     )

@@ -1,7 +1,7 @@
 """Training data: any folder tree of color photos -> (L@224, gray@299, ab@224) samples.
 
 Samples are built with the same color math and resizing the service uses
-(``serving.colorspace`` and ``serving.pipeline.model_inputs``), so training and
+(``serving.runtime.colorspace`` and ``serving.runtime.pipeline.model_inputs``), so training and
 serving cannot drift apart.
 """
 
@@ -20,13 +20,13 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from serving.colorspace import rgb_to_lab
-from serving.model_spec import ModelSpec
-from serving.pipeline import model_inputs
+from serving.runtime.colorspace import rgb_to_lab
+from serving.runtime.constants import IMAGE_SUFFIXES
+from serving.runtime.model_spec import ModelSpec
+from serving.runtime.pipeline import model_inputs
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 GRAY_CHROMA_THRESHOLD = 2.0  # mean |R-G| + |G-B| (uint8 units) below which a photo counts as gray
 

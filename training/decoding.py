@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from serving.model_spec import ModelSpec
-from serving.pipeline import ColorizePipeline, pick_dtype
+from serving.runtime.device import pick_device, pick_dtype
+from serving.runtime.model_spec import ModelSpec
+from serving.runtime.pipeline import ColorizePipeline
 from training.checkpoint import model_from_checkpoint
 from training.evaluate import add_inference_options, image_metrics, photo_batches, summarize
 from training.model import Colorizer
@@ -114,7 +115,6 @@ def _floats(text: str) -> tuple[float, ...]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "tune-decoding",
-        help="choose the classification head's temperature and prior correction on val photos",
         description="Score every (temperature, prior correction) pair on DATA with the metrics "
         "of `colorizer evaluate`; choose the highest PSNR gain whose colorfulness ratio reaches "
         "--min-colorfulness-ratio; write all scores and the choice to --out (JSON).",
@@ -148,7 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if any(t <= 0 for t in args.temperatures):
         raise ValueError(f"temperatures must be > 0, got {args.temperatures}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = model_from_checkpoint(args.checkpoint)
     candidates = [Decoding(t, c) for t in args.temperatures for c in args.corrections]
     dtype = pick_dtype(device, args.precision)

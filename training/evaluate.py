@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from serving.colorspace import lab_to_rgb, rgb_to_lab
-from serving.imageio import decode_image, to_uint8_hwc
-from serving.pipeline import ColorizePipeline
+from serving.runtime.colorspace import lab_to_rgb, rgb_to_lab
+from serving.runtime.imageio import decode_image, to_uint8_hwc
+from serving.runtime.pipeline import ColorizePipeline
 from training.data import find_images
 
 PSNR_CAP_DB = 100.0
@@ -140,7 +140,6 @@ def evaluate(
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="colorize a folder with an exported model and report quality metrics",
         description="Colorize every photo of DATA at its original resolution with the service's "
         "pipeline; write REPORT_DIR/metrics.json (images, psnr, psnr_gray, colorfulness, "
         "colorfulness_gt, l_mae), per_image.jsonl and grid.png (gray | colorized | truth).",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from serving.model_spec import ModelSpec, load_scripted, save_scripted
+from serving.runtime.model_spec import ModelSpec, load_scripted, save_scripted
 from training.checkpoint import model_from_checkpoint
 from training.decoding import Decoding, read_choice
 from training.model import Colorizer
@@ -75,7 +75,6 @@ def export(
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a training checkpoint to one TorchScript file",
         description="Script the network of CHECKPOINT, compare TorchScript and eager outputs on "
         f"random inputs (refuse if max |diff| > {PARITY_TOLERANCE}), write FILE.pt with the "
         "model's input sizes and scaling constants embedded.",

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
-from serving.colorspace import lab_to_rgb
+from serving.runtime.colorspace import lab_to_rgb
 
 # Texture class -> (a*, b*): chroma 28 at four well-separated hue angles.
 CHROMA = 28.0
@@ -92,7 +92,6 @@ def write_dataset(out: str | Path, count: int, seed: int = 0) -> list[Path]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth",
-        help="write a learnable synthetic colorization data set",
         description="Write COUNT PNG images whose colors are a deterministic function of the "
         "texture each region shows (four texture classes, four hues). A correct pipeline "
         "learns it to high PSNR; a broken one cannot.",

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
-from serving.pipeline import pick_dtype
+from serving.runtime.device import PRECISIONS, pick_device, pick_dtype
 from training.ab_bins import REBALANCE_MIX, nearest_bin, rebalance_weights
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PhotoDataset, collate, split_files
@@ -42,6 +42,7 @@ from training.model import (
     count_parameters,
     preset,
 )
+from training.options import add_options, config_from_args, option
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,44 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainConfig:
-    """Everything `colorizer train` needs; mirrors its options."""
+    """Everything `colorizer train` needs; its options are generated from these fields."""
 
-    data: Path
-    out: Path
-    val_data: Path | None = None
-    val_fraction: float = 0.1
-    preset: str = "compact"
-    head: str | None = None  # regression (MSE, the paper) | classification; None: the preset's
-    backbone: str | None = None
-    backbone_weights: Path | None = None
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step)
-    rebalance_mix: float = REBALANCE_MIX  # classification: lambda, 1.0 = no rebalancing
-    seed: int = 0
-    resume: Path | None = None
-    workers: int = 1
-    precision: str = "auto"  # auto | fp32 | bf16
-    max_steps_per_epoch: int | None = None
-    progress: bool = True
+    data: Path = option("folder tree of color photos")
+    out: Path = option("run folder (checkpoints, log.jsonl)", Path("runs/train"))
+    val_data: Path | None = option("separate validation folder", None)
+    val_fraction: float = option(
+        "without --val-data: fraction of --data held out by file-name hash", 0.1
+    )
+    preset: str = option("network size", "compact", choices=sorted(PRESETS))
+    head: str | None = option(
+        "regression: MSE on a*b* (the paper); classification: rebalanced cross-entropy over "
+        "a*b* bins with annealed-mean decoding (Zhang et al. 2016). Default: the preset's",
+        None,
+        choices=HEADS,
+    )
+    backbone: str | None = option("any timm model name; overrides the preset's backbone", None)
+    backbone_weights: Path | None = option(
+        "local ImageNet weights (.safetensors or state dict)", None
+    )
+    epochs: int = option("total epochs", 10)
+    batch_size: int = option("per-process batch size", 16)
+    lr: float = option("Adam learning rate", 1e-3)
+    lr_schedule: str = option(
+        "constant, or cosine decay to 0 over all --epochs", "constant", choices=LR_SCHEDULES
+    )
+    rebalance_mix: float = option(
+        "classification: lambda of the class rebalancing, weights 1/((1-lambda) p + lambda/Q); "
+        "1.0 turns rebalancing off (Zhang et al.: 0.5)",
+        REBALANCE_MIX,
+    )
+    seed: int = option("seed for init, shuffling, augmentation", 0)
+    resume: Path | None = option("checkpoint to continue from (last.pt)", None)
+    workers: int = option("data-loading processes per rank", 1)
+    precision: str = option(
+        "auto: bf16 on CUDA or an AMX CPU, else fp32", "auto", choices=PRECISIONS
+    )
+    max_steps_per_epoch: int | None = option("cap steps per epoch (quick runs)", None)
+    progress: bool = option("no progress bar", True)
 
 
 @dataclass
@@ -109,12 +127,6 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
         return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     choices = ", ".join(LR_SCHEDULES)
     raise ValueError(f"lr_schedule must be one of {choices}, got {cfg.lr_schedule!r}")
-
-
-def pick_device(env: Dist) -> torch.device:
-    return (
-        torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    )
 
 
 def model_config(cfg: TrainConfig) -> ColorizerConfig:
@@ -272,7 +284,7 @@ class TrainResult:
 def train(cfg: TrainConfig) -> TrainResult:
     """Run training (joining torchrun's process group when launched by it)."""
     env = init_distributed()
-    device = pick_device(env)
+    device = pick_device(None, index=env.local_rank)
     dtype = pick_dtype(device, cfg.precision)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -379,82 +391,14 @@ def _jsonable(data: dict) -> dict:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train the colorization network",
-        description="Train with Adam + MSE on a*b*. Multi-process: "
+        description="Train the network with Adam on a*b*: MSE regression (the paper) or "
+        "rebalanced classification over a*b* bins (--head). Multi-process: "
         "`torchrun --nproc-per-node N -m serving.cli train ...` (nccl on GPUs, gloo on CPU).",
     )
-    p.add_argument("--data", type=Path, required=True, help="folder tree of color photos")
-    p.add_argument("--val-data", type=Path, help="separate validation folder")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="without --val-data: fraction of --data held out by file-name hash (default 0.1)",
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="compact", help="network size")
-    p.add_argument(
-        "--head",
-        choices=HEADS,
-        help="regression: MSE on a*b* (the paper); classification: rebalanced cross-entropy over "
-        "a*b* bins with annealed-mean decoding (Zhang et al. 2016). Default: the preset's",
-    )
-    p.add_argument("--backbone", help="any timm model name; overrides the preset's backbone")
-    p.add_argument(
-        "--backbone-weights", type=Path, help="local ImageNet weights (.safetensors or state dict)"
-    )
-    p.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=16, help="per-process batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        default="constant",
-        help="constant, or cosine decay to 0 over all --epochs (default constant)",
-    )
-    p.add_argument(
-        "--rebalance-mix",
-        type=float,
-        default=REBALANCE_MIX,
-        help="classification: lambda of the class rebalancing, weights "
-        f"1/((1-lambda) p + lambda/Q); 1.0 turns rebalancing off "
-        f"(default {REBALANCE_MIX}, Zhang et al.)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling, augmentation")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder")
-    p.add_argument("--resume", type=Path, help="checkpoint to continue from (last.pt)")
-    p.add_argument("--workers", type=int, default=1, help="data-loading processes per rank")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 on CUDA or an AMX CPU, else fp32",
-    )
-    p.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, TrainConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        val_data=args.val_data,
-        val_fraction=args.val_fraction,
-        preset=args.preset,
-        head=args.head,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        rebalance_mix=args.rebalance_mix,
-        seed=args.seed,
-        resume=args.resume,
-        workers=args.workers,
-        precision=args.precision,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        progress=not args.no_progress,
-    )
-    train(cfg)
+    train(config_from_args(TrainConfig, args))
     return 0

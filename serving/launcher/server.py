@@ -1,6 +1,6 @@
 """`colorizer serve` and `colorizer stop`: run TorchServe with the repo's configuration.
 
-``serve`` writes this run's config.properties (``serving/config.properties`` with the
+``serve`` writes this run's config.properties (``serving/launcher/config.properties`` with the
 ports, bind address and paths of the run), starts TorchServe in a session of its own,
 waits until ``/ping`` is healthy and the model's workers are READY, and prints the
 endpoints. Everything the run writes (config, logs, pid file, TorchServe's temp dir)
@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from serving.constants import (
+from serving.runtime.constants import (
     GRPC_MANAGEMENT_PORT,
     GRPC_PORT,
     HTTP_PORT,
@@ -34,9 +34,9 @@ from serving.constants import (
     MODEL_NAME,
 )
 
-SERVING_DIR = Path(__file__).resolve().parent
-CONFIG_TEMPLATE = SERVING_DIR / "config.properties"
-METRICS_CONFIG = SERVING_DIR / "metrics.yaml"
+LAUNCHER_DIR = Path(__file__).resolve().parent
+CONFIG_TEMPLATE = LAUNCHER_DIR / "config.properties"
+METRICS_CONFIG = LAUNCHER_DIR / "metrics.yaml"
 DEFAULT_WEIGHTS = Path("model_store/default/colorizer.pt")  # shipped default, cwd-relative
 DEFAULT_BUILD_STORE = Path("model_store")  # where serve builds colorizer.mar from them
 DEFAULT_STATE_DIR = Path(".serve")
@@ -137,7 +137,7 @@ def default_model_store() -> Path:
             "FILE.pt`), package it (`colorizer archive --model FILE.pt --out DIR`) and run "
             "`colorizer serve --model-store DIR`"
         )
-    from serving.archive import build_archive
+    from serving.launcher.archive import build_archive
 
     build_archive(DEFAULT_WEIGHTS, DEFAULT_BUILD_STORE)
     return DEFAULT_BUILD_STORE
@@ -340,8 +340,7 @@ def endpoints(state: ServerState) -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="start TorchServe with the colorizer model",
-        description="Start TorchServe with serving/config.properties and return once the "
+        description="Start TorchServe with serving/launcher/config.properties and return once the "
         "model's workers are ready (or stay attached with --foreground).",
     )
     p.add_argument(
@@ -366,7 +365,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser(
         "stop",
-        help="stop the server `colorizer serve` started",
         description="Stop TorchServe and every process it started (found via the state folder).",
     )
     _state_dir_option(s)

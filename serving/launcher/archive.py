@@ -1,16 +1,16 @@
 """`colorizer archive --model FILE.pt --out DIR`: package the service as DIR/colorizer.mar.
 
 The archive holds what a stock TorchServe (with torch and pillow) needs to serve the
-model: the exported TorchScript file, the handler, the ``serving/`` modules the handler
-imports, ``model-config.yaml`` (one profile of ``serving/model-config.yaml``) and the
-metrics declaration ``metrics.yaml`` (TorchServe reads the copy that config.properties
-names; the one in the archive documents what the handler emits).
+model: the exported TorchScript file, the handler, the ``serving.runtime`` package (all of
+it: it depends on torch, Pillow and numpy only), ``model-config.yaml`` (one profile of
+``serving/launcher/model-config.yaml``) and the metrics declaration ``metrics.yaml``
+(TorchServe reads the copy that config.properties names; the one in the archive documents
+what the handler emits).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import os
 import shutil
@@ -22,12 +22,14 @@ from pathlib import Path
 
 import yaml
 
-from serving.constants import MODEL_NAME
-from serving.model_spec import SPEC_FILE
+from serving.runtime.constants import MODEL_NAME
+from serving.runtime.model_spec import SPEC_FILE
 
-SERVING_DIR = Path(__file__).resolve().parent
-MODEL_CONFIG = SERVING_DIR / "model-config.yaml"
-METRICS_CONFIG = SERVING_DIR / "metrics.yaml"
+LAUNCHER_DIR = Path(__file__).resolve().parent
+SERVING_DIR = LAUNCHER_DIR.parent
+RUNTIME_DIR = SERVING_DIR / "runtime"
+MODEL_CONFIG = LAUNCHER_DIR / "model-config.yaml"
+METRICS_CONFIG = LAUNCHER_DIR / "metrics.yaml"
 PROFILES = ("cpu", "gpu")
 ARCHIVE_VERSION = "1.0"
 
@@ -40,34 +42,9 @@ def handler_path() -> Path:
     return Path(spec.origin)
 
 
-def _serving_imports(source: Path) -> set[str]:
-    """Names of the ``serving`` modules that ``source`` imports (``serving.x`` -> ``x``)."""
-    names = set()
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name == "serving" or alias.name.startswith("serving."):
-                    names.add(alias.name.removeprefix("serving").lstrip(".") or "__init__")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "serving":
-                names.add("__init__")
-                names.update(a.name for a in node.names if (SERVING_DIR / f"{a.name}.py").is_file())
-            elif node.module.startswith("serving."):
-                names.add(node.module.removeprefix("serving."))
-    return names
-
-
-def serving_modules(handler: Path) -> list[Path]:
-    """The ``serving/*.py`` files the handler needs: its imports, followed transitively."""
-    needed, todo = {"__init__"}, [handler]
-    while todo:
-        for name in _serving_imports(todo.pop()) - needed:
-            path = SERVING_DIR / f"{name}.py"
-            if not path.is_file():
-                raise FileNotFoundError(f"the handler needs serving/{name}.py, which is missing")
-            needed.add(name)
-            todo.append(path)
-    return sorted(SERVING_DIR / f"{name}.py" for name in needed)
+def runtime_files() -> list[Path]:
+    """What the archive ships of ``serving``: its ``__init__`` and the whole runtime package."""
+    return [SERVING_DIR / "__init__.py", *sorted(RUNTIME_DIR.glob("*.py"))]
 
 
 def check_model_file(model: Path) -> None:
@@ -87,7 +64,7 @@ def check_model_file(model: Path) -> None:
 
 
 def model_config(profile: str) -> dict:
-    """One profile block of serving/model-config.yaml."""
+    """One profile block of serving/launcher/model-config.yaml."""
     profiles = yaml.safe_load(MODEL_CONFIG.read_text())
     if profile not in profiles:
         raise ValueError(f"profile must be one of {', '.join(profiles)}, got {profile!r}")
@@ -104,9 +81,9 @@ def build_archive(model: str | Path, out_dir: str | Path, profile: str = "cpu") 
     with tempfile.TemporaryDirectory(prefix="colorizer-archive-") as tmp:
         tmp = Path(tmp)
         extra = tmp / "extra"  # its contents land at the archive's top level
-        (extra / "serving").mkdir(parents=True)
-        for path in serving_modules(handler):
-            shutil.copy2(path, extra / "serving" / path.name)
+        (extra / "serving" / "runtime").mkdir(parents=True)
+        for path in runtime_files():
+            shutil.copy2(path, extra / path.relative_to(SERVING_DIR.parent))
         shutil.copy2(METRICS_CONFIG, extra / "metrics.yaml")
         config_file = tmp / "model-config.yaml"
         config_file.write_text(f"# profile: {profile}\n" + yaml.safe_dump(config, sort_keys=False))
@@ -135,9 +112,8 @@ def build_archive(model: str | Path, out_dir: str | Path, profile: str = "cpu") 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "archive",
-        help="package an exported model as a TorchServe archive (.mar)",
         description="Build DIR/colorizer.mar from FILE.pt (written by `colorizer export`): the "
-        "model, the handler, the serving/ code it imports, model-config.yaml and metrics.yaml.",
+        "model, the handler, the serving.runtime package, model-config.yaml and metrics.yaml.",
     )
     p.add_argument("--model", type=Path, required=True, help="TorchScript file (FILE.pt)")
     p.add_argument("--out", type=Path, required=True, help="folder to write colorizer.mar into")
@@ -145,7 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--profile",
         choices=PROFILES,
         default="cpu",
-        help="worker and batching settings from serving/model-config.yaml (default: cpu)",
+        help="worker and batching settings from serving/launcher/model-config.yaml (default: cpu)",
     )
     p.set_defaults(func=run)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serving.constants import (
+from serving.runtime.constants import (
     CONTENT_TYPES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
@@ -23,7 +23,7 @@ from serving.constants import (
     OUTPUT_FORMATS,
     PNG_COMPRESS_LEVEL,
 )
-from serving.errors import (
+from serving.runtime.errors import (
     CorruptImage,
     EmptyInput,
     ImageTooLarge,

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from serving.client import DEFAULT_URL, ColorizerClient
-from serving.constants import GRPC_PORT, OUTPUT_FORMATS
+from serving.client.base import DEFAULT_URL
+from serving.client.sdk import ColorizerClient
+from serving.runtime.constants import GRPC_PORT, OUTPUT_FORMATS
 
 DEFAULT_GRPC = f"127.0.0.1:{GRPC_PORT}"
 WARMUP = 3
@@ -115,7 +116,6 @@ def report(rest: ProtocolResult, grpc: ProtocolResult, size: int, requests: int)
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="measure latency and throughput of a running service (REST vs gRPC)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -14,6 +14,8 @@ DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP; above -> 413
 # Pillow format names; Pillow opens MPO (multi-picture JPEG) through JPEG.
 INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 INPUT_FORMATS_HUMAN = "JPEG, PNG, WebP, BMP, TIFF, GIF (first frame)"
+# File suffixes of those formats: what `colorizer colorize` and training pick from a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 # Output encoding.
 OUTPUT_FORMATS = ("jpeg", "png", "webp")

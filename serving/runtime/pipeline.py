@@ -15,38 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from serving.colorspace import lab_to_rgb_keep_lightness, lightness_to_gray, rgb_to_lab
-from serving.model_spec import ModelSpec, load_scripted
+from serving.runtime.colorspace import lab_to_rgb_keep_lightness, lightness_to_gray, rgb_to_lab
+from serving.runtime.device import pick_device, pick_dtype
+from serving.runtime.model_spec import ModelSpec, load_scripted
 
 log = logging.getLogger(__name__)
-
-
-def cpu_has_amx() -> bool:
-    """True when this CPU has AMX bf16 tiles (fast bf16 matmul/conv on the CPU)."""
-    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
-    if probe is not None:
-        try:
-            return bool(probe())
-        except RuntimeError:
-            pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
-
-
-def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """'auto' -> bf16 on CUDA with bf16 support or on a CPU with AMX, else fp32."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_amx() else torch.float32
 
 
 def model_inputs(lightness: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +81,7 @@ class ColorizePipeline:
         cls, path: str | Path, device: str | torch.device | None = None, precision: str = "auto"
     ) -> ColorizePipeline:
         """Load an exported ``.pt``; device None -> CUDA if available, else CPU."""
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        device = pick_device(device)
         dtype = pick_dtype(device, precision)
         module, spec = load_scripted(path, device)
         log.info("colorizer loaded on %s in %s", device, str(dtype).removeprefix("torch."))

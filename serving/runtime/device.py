@@ -1,0 +1,48 @@
+"""Where and in what precision the network runs: the one resolver for serving and training."""
+
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has AMX bf16 tiles (fast bf16 matmul/conv on the CPU)."""
+    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def pick_device(requested: str | torch.device | None = None, index: int = 0) -> torch.device:
+    """None or 'auto' -> CUDA device ``index`` when CUDA works, else the CPU; else as named.
+
+    Naming a CUDA device on a machine without one is an error, not a silent CPU run.
+    """
+    if requested is None or requested == "auto":
+        return torch.device("cuda", index) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested} was asked for, but CUDA is not available here")
+    return device
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """'auto' -> bf16 on CUDA with bf16 support or on a CPU with AMX, else fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_amx() else torch.float32
