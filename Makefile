@@ -42,11 +42,11 @@ $(TOOLS_STAMP): k8s/requirements-tools.txt
 	$(TOOLS_VENV)/bin/python -m pip install -q -r k8s/requirements-tools.txt
 	touch $@
 
-# Render an overlay (OVERLAY=cpu|gpu) to stdout; pipe it to `kubectl apply -f -`. The load
-# restrictor is off because the ConfigMap is generated from serving/launcher/config.properties.
+# Render an overlay (OVERLAY=cpu|gpu) to stdout, exactly as `kubectl apply -k k8s/overlays/$(OVERLAY)`
+# (or Argo CD, Flux) renders it: kustomize's defaults, no flags.
 OVERLAY ?= gpu
 k8s-render: k8s-tools
-	@$(TOOLS_VENV)/bin/kubectl kustomize --load-restrictor LoadRestrictionsNone k8s/overlays/$(OVERLAY)
+	@$(TOOLS_VENV)/bin/kubectl kustomize k8s/overlays/$(OVERLAY)
 
 # Re-pin the serving image's wheels (k8s/requirements-image.txt: runtime + TorchServe;
 # k8s/requirements-archive.txt: the build stage's archive tools) from .venv after a change
