@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint serve stop clean default-model k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java protos test lint fuzz serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -67,6 +67,15 @@ prometheus:
 
 test: venv java protos k8s-tools prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Fuzz photo decoding for FUZZ_SECONDS (atheris); findings land in runs/fuzz/ as crash-*/timeout-*.
+# The test suite runs the same fuzzer for 45 s (tests/unit/test_decode_fuzz.py).
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	mkdir -p runs/fuzz/corpus
+	$(PY) -m tests.support.fuzz_decode runs/fuzz/corpus tests/data/fuzz_seeds \
+	  -max_total_time=$(FUZZ_SECONDS) -timeout=2 -rss_limit_mb=4096 -print_final_stats=1 \
+	  -artifact_prefix=runs/fuzz/
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -7,6 +7,7 @@ from the header before any pixel is decoded.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,31 @@ class DecodedImage:
         return self.rgb.shape[-1] * self.rgb.shape[-2] / 1e6
 
 
+# What Pillow raises on bytes it cannot make sense of. Its plugins raise OSError ("cannot
+# identify", "Truncated File Read", "Unsupported BMP header type", "broken data stream"),
+# SyntaxError ("not a TIFF file"), ValueError, EOFError, struct.error, IndexError, KeyError,
+# TypeError and ZeroDivisionError from fields of broken headers (found by the decode fuzz
+# test, tests/unit/test_decode_fuzz.py). All of them describe the photo, not the server.
+_BAD_BYTES = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    NotImplementedError,
+)
+
+
+def _is_server_fault(exc: BaseException) -> bool:
+    """A codec missing from this Pillow build ("decoder jpeg not available") is ours, not the
+    caller's: let it surface as a 500."""
+    return isinstance(exc, OSError) and "not available" in str(exc)
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
@@ -61,6 +87,13 @@ def _open(data: bytes) -> Image.Image:
         raise ImageTooLarge(f"image is too large to decode safely ({exc})") from exc
     except UnidentifiedImageError:
         pass
+    except _BAD_BYTES as exc:  # an accepted format whose header is broken
+        if _is_server_fault(exc):
+            raise
+        raise CorruptImage(
+            f"the image header is corrupt ({type(exc).__name__}: {exc}); "
+            f"send a valid {INPUT_FORMATS_HUMAN} file"
+        ) from exc
     try:
         other = Image.open(io.BytesIO(data))
     except Exception as exc:
@@ -121,8 +154,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         rgb, alpha = _to_tensors(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image is too large to decode safely ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImage(f"the {source_format} image is truncated or corrupt: {exc}") from exc
+    except _BAD_BYTES as exc:
+        if _is_server_fault(exc):
+            raise
+        raise CorruptImage(
+            f"the {source_format} image is truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
 
 
