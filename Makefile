@@ -58,9 +58,10 @@ image-lock: venv
 	done
 
 # Debian's Prometheus: tests/test_k8s.py runs the prometheus-adapter rule's queries on it
-# (the serving tests run the autoscaling query on it too).
+# (the serving tests run the autoscaling query on it too); its promtool runs the alerts'
+# unit tests (k8s/monitoring/alerts.test.yaml) and the dashboard test queries it.
 prometheus:
-	@if ! command -v prometheus >/dev/null; then \
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  echo "installing prometheus"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
