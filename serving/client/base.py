@@ -1,8 +1,8 @@
 """What both transports share: the result type, the error type, and decoding a refusal.
 
-TorchServe's gRPC frontend (0.12) returns a refused request as a successful call whose
-``prediction`` is the JSON error body; REST returns that body with a 4xx/5xx status.
-Both become ``ServiceError`` here.
+REST returns a refused request's JSON error body with a 4xx/5xx status; gRPC returns it
+as the message of a non-OK status, or (a bad request batched with good ones, TorchServe
+0.12) as the ``prediction`` of a call that ended OK. All become ``ServiceError`` here.
 """
 
 from __future__ import annotations
@@ -23,13 +23,28 @@ STATUS_OF_KIND = {
 
 
 class ServiceError(Exception):
-    """The service refused or failed a request: HTTP status, error kind, message."""
+    """The service refused or failed a request: HTTP status, error kind, message.
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    ``retryable``: the service could not serve it right now (queue full, worker died,
+    unreachable) and the same call may succeed later; ``retry_after``: the seconds the
+    server asked to wait (REST Retry-After), if it did.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{status} {kind}: {message}")
         self.status = status
         self.kind = kind
         self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -56,13 +71,31 @@ def sniff_content_type(data: bytes) -> str:
     raise ServiceError(502, "bad_response", f"the service answered {len(data)} unknown bytes")
 
 
-def error_from_body(status: int, body: bytes) -> ServiceError:
-    """ServiceError from a JSON error body: ours {error, message} or TorchServe's {code, type}."""
+def error_from_body(status: int, body: bytes, **flags) -> ServiceError:
+    """ServiceError from a JSON error body: ours {error, message} or TorchServe's {code, type}.
+
+    ``flags``: ``retryable`` / ``retry_after`` for ServiceError.
+    """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return ServiceError(status, "http_error", body[:200].decode("utf-8", "replace"))
+        return ServiceError(status, "http_error", body[:200].decode("utf-8", "replace"), **flags)
     if not isinstance(data, dict):
-        return ServiceError(status, "http_error", str(data)[:200])
+        return ServiceError(status, "http_error", str(data)[:200], **flags)
     kind = str(data.get("error") or data.get("type") or "http_error")
-    return ServiceError(status, kind, str(data.get("message", "")))
+    return ServiceError(status, kind, str(data.get("message", "")), **flags)
+
+
+def refusal_from_json(text: bytes | str) -> ServiceError | None:
+    """ServiceError from the service's own JSON error body {error, message}; None if not one.
+
+    Its status comes from the error kind (the server's typed errors), as gRPC carries none.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        return None
+    kind = data["error"]
+    return ServiceError(STATUS_OF_KIND.get(kind, 500), kind, str(data.get("message", "")))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from serving.client.base import DEFAULT_TIMEOUT_S, DEFAULT_URL
+from serving.client.retry import RetryPolicy
 from serving.client.sdk import ColorizerClient
 from serving.runtime.constants import IMAGE_SUFFIXES, OUTPUT_FORMATS
 
@@ -95,7 +96,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default: the input's)")
     p.add_argument("--quality", type=int, help="1-100, for jpeg and webp (default 90)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds per photo, retries included (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=RetryPolicy.attempts,
+        help="tries per photo when the service is busy or restarting: queue full, worker "
+        f"died, unreachable (default {RetryPolicy.attempts}; 1: no retries)",
+    )
     p.set_defaults(func=run)
 
 
@@ -105,7 +118,11 @@ def run(args: argparse.Namespace) -> int:
     pairs = [(src, name) for src, name in pairs if src.is_file()]
     url = None if args.grpc else (args.url or DEFAULT_URL)
     with ColorizerClient(
-        url, args.grpc, timeout=args.timeout, pool_size=max(1, args.concurrency)
+        url,
+        args.grpc,
+        timeout=args.timeout,
+        pool_size=max(1, args.concurrency),
+        retry=RetryPolicy(attempts=max(1, args.attempts)),
     ) as client:
         failures = missing + colorize_files(
             client, pairs, args.out, args.format, args.quality, args.concurrency

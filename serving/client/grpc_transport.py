@@ -8,34 +8,56 @@ spreads over the pods.
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 
 import protos
 from serving.client.base import (
     MAX_MESSAGE_BYTES,
-    STATUS_OF_KIND,
     Colorized,
     ServiceError,
-    error_from_body,
+    refusal_from_json,
     sniff_content_type,
 )
 from serving.runtime.errors import GRPC_CODE_FOR_HTTP
 
-# Colorizing is idempotent, so calls that end UNAVAILABLE are retried. TorchServe closes
-# gRPC connections at their max age (serving/launcher/config.properties), and its grpc-java
-# sometimes resets calls in flight on such a connection (grpc/grpc-java#9566): measured
-# here, 3 of 176 calls at 4 in flight; gRPC's own retry policy did not recover them.
-GRPC_ATTEMPTS = 3
-GRPC_RETRY_BACKOFF_S = 0.2
-# gRPC status code name -> HTTP status, for calls the gRPC frontend itself fails.
+# gRPC status code name -> HTTP status, for calls that end with a status of TorchServe's own.
 HTTP_OF_GRPC_CODE = {
     **{code: status for status, code in GRPC_CODE_FOR_HTTP.items()},
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
     "NOT_FOUND": 404,
 }
+# What TorchServe 0.12 answers, over gRPC, when it cannot serve a call right now; each is
+# worth the same (idempotent) call again (serving/client/retry.py):
+# - UNAVAILABLE: the server is unreachable, or grpc-java reset a call in flight on a
+#   connection at its max age (grpc/grpc-java#9566; 3 of 176 calls at 4 in flight here);
+# - the worker serving the call died: "Worker died." with INTERNAL, or RESOURCE_EXHAUSTED
+#   when the worker was killed (exit 137 is reported as 413; REST says 507);
+# - the queue is full: INTERNAL "Model ... has no worker to serve inference request"
+#   (REST says 503).
+# Our own refusals (the JSON error body as the message) are never retried.
+TRANSIENT_MESSAGES = {
+    "Worker died.": (507, "worker_died"),
+    "has no worker to serve inference request": (503, "queue_full"),
+}
+
+
+def error_from_rpc(exc: grpc.RpcError) -> ServiceError:
+    """ServiceError for a call that ended with a non-OK status."""
+    code = exc.code().name
+    details = exc.details() or ""
+    # TorchServe appends the exception class on a second line of the message.
+    refusal = refusal_from_json(details.split("\n", 1)[0])
+    if refusal is not None:
+        return refusal
+    if code == "UNAVAILABLE":
+        return ServiceError(503, "grpc_unavailable", details, retryable=True)
+    if code in ("INTERNAL", "RESOURCE_EXHAUSTED"):
+        for marker, (status, kind) in TRANSIENT_MESSAGES.items():
+            if marker in details:
+                return ServiceError(status, kind, details, retryable=True)
+    return ServiceError(HTTP_OF_GRPC_CODE.get(code, 500), f"grpc_{code.lower()}", details)
 
 
 class GrpcTransport:
@@ -44,7 +66,7 @@ class GrpcTransport:
     def __init__(self, target: str, *, model_name: str, timeout: float) -> None:
         self.target = target
         self.model_name = model_name
-        self.timeout = timeout
+        self.timeout = timeout  # for ping; colorize gets each try's share of the deadline
         self._stubs = protos.load()
         self._channel = grpc.insecure_channel(
             target,
@@ -56,25 +78,20 @@ class GrpcTransport:
         )
         self._stub = self._stubs.inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
 
-    def colorize(self, image: bytes, options: dict[str, str]) -> Colorized:
+    def colorize(self, image: bytes, options: dict[str, str], timeout: float) -> Colorized:
+        """One try with ``timeout`` as its gRPC deadline; ServiceError says whether to retry."""
         inputs = {"data": image, **{k: v.encode() for k, v in options.items()}}
         request = self._stubs.inference_pb2.PredictionsRequest(
             model_name=self.model_name, input=inputs
         )
-        for attempt in range(1, GRPC_ATTEMPTS + 1):
-            try:
-                prediction = self._stub.Predictions(request, timeout=self.timeout).prediction
-                break
-            except grpc.RpcError as exc:
-                code = exc.code().name
-                if code == "UNAVAILABLE" and attempt < GRPC_ATTEMPTS:
-                    time.sleep(GRPC_RETRY_BACKOFF_S * attempt)
-                    continue
-                status = HTTP_OF_GRPC_CODE.get(code, 500)
-                raise ServiceError(status, f"grpc_{code.lower()}", exc.details() or "") from exc
-        if prediction.startswith(b"{"):  # a refused request: the JSON error body
-            error = error_from_body(500, prediction)
-            raise ServiceError(STATUS_OF_KIND.get(error.kind, 500), error.kind, error.message)
+        try:
+            prediction = self._stub.Predictions(request, timeout=timeout).prediction
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        if prediction.startswith(b"{"):  # refused inside a batch with good requests: in-band
+            refusal = refusal_from_json(prediction)
+            text = prediction[:200].decode("utf-8", "replace")
+            raise refusal or ServiceError(502, "bad_response", text)
         return Colorized(prediction, sniff_content_type(prediction))
 
     def ping(self) -> bool:

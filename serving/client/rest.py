@@ -7,9 +7,29 @@ beside fields ``format`` / ``quality`` (TorchServe 0.12 drops query strings on
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 import requests
 
 from serving.client.base import Colorized, ServiceError, error_from_body, sniff_content_type
+
+# Statuses worth the same call again (serving/client/retry.py): TorchServe answers 503 when
+# the model's queue is full and 507 when the worker serving the request died (it restarts).
+RETRY_STATUSES = frozenset({503, 507})
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None if absent."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class RestTransport:
@@ -18,27 +38,33 @@ class RestTransport:
     def __init__(self, url: str, *, model_name: str, timeout: float, pool_size: int) -> None:
         self.url = url.rstrip("/")
         self.model_name = model_name
-        self.timeout = timeout
+        self.timeout = timeout  # for ping; colorize gets each try's share of the deadline
         self._session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
-    def colorize(self, image: bytes, options: dict[str, str]) -> Colorized:
+    def colorize(self, image: bytes, options: dict[str, str], timeout: float) -> Colorized:
+        """One try within ``timeout`` seconds; ServiceError says whether to try again."""
         endpoint = f"{self.url}/predictions/{self.model_name}"
         try:
             if options:
                 files = {"data": ("image", image, "application/octet-stream")}
-                resp = self._session.post(endpoint, files=files, data=options, timeout=self.timeout)
+                resp = self._session.post(endpoint, files=files, data=options, timeout=timeout)
             else:
                 headers = {"Content-Type": "application/octet-stream"}
-                resp = self._session.post(
-                    endpoint, data=image, headers=headers, timeout=self.timeout
-                )
-        except requests.RequestException as exc:
-            raise ServiceError(503, "unavailable", f"{endpoint}: {exc}") from exc
+                resp = self._session.post(endpoint, data=image, headers=headers, timeout=timeout)
+        except requests.Timeout as exc:  # the deadline is spent: nothing left to retry in
+            raise ServiceError(504, "deadline_exceeded", f"{endpoint}: {exc}") from exc
+        except requests.RequestException as exc:  # refused or reset: a restart, a new pod
+            raise ServiceError(503, "unavailable", f"{endpoint}: {exc}", retryable=True) from exc
         if resp.status_code != 200:
-            raise error_from_body(resp.status_code, resp.content)
+            raise error_from_body(
+                resp.status_code,
+                resp.content,
+                retryable=resp.status_code in RETRY_STATUSES,
+                retry_after=retry_after_s(resp.headers.get("Retry-After")),
+            )
         content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         return Colorized(resp.content, content_type or sniff_content_type(resp.content))
 
