@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.ab_bins import adjust_for_prior, annealed_mean, gamut_bin_centers
+from training.pretrained import backbone_state_dict, check_matches, warn_if_other_backbone
 
 HEADS = ("regression", "classification")
-
-_SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,10 @@ class ColorizerConfig:
     ab_bin_size: float = 10.0  # classification: a*b* grid cell, Lab units
     temperature: float = 0.38  # classification: annealed-mean temperature (Zhang et al.)
     prior_correction: float = 0.0  # classification: post-hoc logit adjustment, see ab_bins
+    # Backbone input side: the gray image (299, the paper's Inception size) is resized to
+    # this inside the network when set. EfficientNet-Lite0's ImageNet weights were made at
+    # 224; at 299 its class scores flatten (hammer photo: p 0.45 at 224, 0.08 at 299).
+    embed_size: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +133,7 @@ class Colorizer(nn.Module):
     """
 
     # TorchScript: fixed per exported model
-    __constants__ = ["classify", "temperature", "prior_correction"]
+    __constants__ = ["classify", "temperature", "prior_correction", "embed_size"]
 
     def __init__(self, config: ColorizerConfig = ColorizerConfig()) -> None:
         super().__init__()
@@ -140,6 +143,7 @@ class Colorizer(nn.Module):
         self.classify = config.head == "classification"
         self.temperature = config.temperature
         self.prior_correction = config.prior_correction
+        self.embed_size = config.embed_size or 0  # 0: feed the gray image as given
         self.encoder = Encoder(config.encoder_channels, config.encoder_strides)
         self.backbone = timm.create_model(
             config.backbone, pretrained=False, num_classes=config.embed_dim
@@ -154,10 +158,21 @@ class Colorizer(nn.Module):
         for part in (self.encoder, self.fusion, self.decoder):
             part.apply(_he_init)
 
+    def embed_input(self, gray: torch.Tensor) -> torch.Tensor:
+        """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s) in [-1, 1].
+
+        s = config.embed_size (bilinear, antialiased) or G when unset.
+        """
+        if self.embed_size > 0 and gray.shape[-1] != self.embed_size:
+            gray = F.interpolate(
+                gray, size=(self.embed_size, self.embed_size), mode="bilinear", antialias=True
+            )
+        return gray.expand(-1, 3, -1, -1)
+
     def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         """Raw head output at 112x112: (B, 2, 112, 112) pre-tanh, or (B, Q, 112, 112) logits."""
         features = self.encoder(l_224)  # (B, C, 28, 28)
-        embedding = self.backbone(gray_299.expand(-1, 3, -1, -1))  # (B, E)
+        embedding = self.backbone(self.embed_input(gray_299))  # (B, E)
         return self.head(self.decoder(self.fusion(features, embedding)))
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
@@ -196,55 +211,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix in _SAFETENSORS_SUFFIXES:
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
-def backbone_weights_classes(backbone: str, path: str | Path) -> int:
-    """Number of classes in a backbone weight file (read from its classifier weight)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {path} does not exist")
-    head = timm.create_model(backbone, pretrained=False).pretrained_cfg.get("classifier")
-    state = _read_state_dict(path)
+def backbone_weights_classes(backbone: str, weights: str | Path) -> int:
+    """Number of classes in backbone weights (a file or a package spelling, see pretrained)."""
+    module = timm.create_model(backbone, pretrained=False)
+    head = module.pretrained_cfg.get("classifier")
+    state = backbone_state_dict(weights, module)
     key = f"{head}.weight"
     if key not in state:
-        raise ValueError(f"{path} has no classifier weight {key!r}; is it a {backbone} checkpoint?")
+        raise ValueError(
+            f"{weights} has no classifier weight {key!r}; is it a {backbone} checkpoint?"
+        )
     return int(state[key].shape[0])
 
 
-def load_backbone_weights(model: Colorizer, path: str | Path) -> None:
-    """Load ImageNet weights for the backbone from a local safetensors / torch state-dict file.
+def load_backbone_weights(model: Colorizer, weights: str | Path) -> None:
+    """Load ImageNet weights into the backbone: a local .safetensors / state-dict file, or
+    an installed weights package by name (``efficientnet-lite0``); efficientnet_pytorch
+    naming is converted to timm's.
 
-    Never downloads. Raises FileNotFoundError or ValueError naming missing/unexpected keys.
+    Never downloads. Raises FileNotFoundError / ModuleNotFoundError, or ValueError naming
+    missing, unexpected and mis-shaped keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {path} does not exist")
-    state = _read_state_dict(path)
-    expected = model.backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    state = backbone_state_dict(weights, model.backbone)
+    check_matches(
+        state,
+        model.backbone,
+        f"{weights} does not match backbone {model.config.backbone!r}",
+        model.config.embed_dim,
     )
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"{path} does not match backbone {model.config.backbone!r} "
-            f"(embed_dim={model.config.embed_dim}): "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-            f"wrong shape {wrong_shape[:5]}"
-        )
+    warn_if_other_backbone(weights, model.config.backbone)
     model.backbone.load_state_dict(state)
 
 

@@ -43,10 +43,12 @@ from training.model import (
     preset,
 )
 from training.options import add_options, config_from_args, option
+from training.pretrained import WEIGHTS_PACKAGES, weights_package
 
 log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
+BACKBONE_BN = ("train", "frozen")
 
 
 @dataclass
@@ -67,8 +69,27 @@ class TrainConfig:
         choices=HEADS,
     )
     backbone: str | None = option("any timm model name; overrides the preset's backbone", None)
-    backbone_weights: Path | None = option(
-        "local ImageNet weights (.safetensors or state dict)", None
+    backbone_weights: str | None = option(
+        "ImageNet weights for the backbone: a local .safetensors / state-dict file, or an "
+        "installed weights package: " + ", ".join(WEIGHTS_PACKAGES) + " (then --backbone "
+        "defaults to the model the weights were made for)",
+        None,
+    )
+    embed_size: int | None = option(
+        "backbone input side: the 299 gray image is resized to it inside the network "
+        "(224 for EfficientNet-Lite weights). Default: 299 as given",
+        None,
+    )
+    backbone_lr_scale: float = option(
+        "backbone learning rate = --lr x this; 0 freezes the backbone (weights and "
+        "BatchNorm statistics; no gradients through it)",
+        1.0,
+    )
+    backbone_bn: str = option(
+        "train: the backbone's BatchNorm statistics follow the batches; frozen: they keep "
+        "their (pretrained) values",
+        "train",
+        choices=BACKBONE_BN,
     )
     epochs: int = option("total epochs", 10)
     batch_size: int = option("per-process batch size", 16)
@@ -130,11 +151,18 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
 
 
 def model_config(cfg: TrainConfig) -> ColorizerConfig:
-    """The preset with --backbone applied; embed_dim follows the weights file when given."""
-    overrides: dict = {"backbone": cfg.backbone, "head": cfg.head}
+    """The preset with --backbone / --embed-size applied; embed_dim follows the weights.
+
+    Weights from a package (``efficientnet-lite0``) pick the backbone they were made for
+    unless --backbone says otherwise.
+    """
+    package = weights_package(cfg.backbone_weights) if cfg.backbone_weights else None
+    backbone = cfg.backbone or (package.backbone if package else None)
+    overrides: dict = {"backbone": backbone, "head": cfg.head, "embed_size": cfg.embed_size}
     if cfg.backbone_weights is not None:
-        backbone = cfg.backbone or PRESETS[cfg.preset].backbone
-        overrides["embed_dim"] = backbone_weights_classes(backbone, cfg.backbone_weights)
+        overrides["embed_dim"] = backbone_weights_classes(
+            backbone or PRESETS[cfg.preset].backbone, cfg.backbone_weights
+        )
     return preset(cfg.preset, **overrides)
 
 
@@ -164,6 +192,38 @@ def set_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.sampler.set_epoch(epoch)
     elif isinstance(loader.sampler, RandomSampler):
         loader.sampler.generator.manual_seed(seed * 1_000 + epoch)
+
+
+def param_groups(model: Colorizer, cfg: TrainConfig) -> list[dict]:
+    """Adam groups, each with its ``lr_scale``: the backbone's is --backbone-lr-scale.
+
+    A scale of 0 freezes the backbone: its parameters stop requiring gradients and are
+    left out of the optimizer. Raises ValueError for a negative scale.
+    """
+    if cfg.backbone_lr_scale < 0:
+        raise ValueError(f"backbone_lr_scale must be >= 0, got {cfg.backbone_lr_scale}")
+    if cfg.backbone_bn not in BACKBONE_BN:
+        raise ValueError(f"backbone_bn must be one of {', '.join(BACKBONE_BN)}")
+    backbone = list(model.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0}]
+    if cfg.backbone_lr_scale == 0:
+        for p in backbone:
+            p.requires_grad_(False)
+    else:
+        groups.append({"params": backbone, "lr_scale": cfg.backbone_lr_scale})
+    return groups
+
+
+def set_backbone_mode(model: Colorizer, cfg: TrainConfig) -> None:
+    """After ``train()``: put the backbone (frozen) or its BatchNorm layers (--backbone-bn
+    frozen) back in eval mode, so their running statistics keep their loaded values."""
+    if cfg.backbone_lr_scale == 0:
+        model.backbone.eval()
+    elif cfg.backbone_bn == "frozen":
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 class HeadOutput(nn.Module):
@@ -304,7 +364,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         counts = class_counts(train_files, model)
         model.class_weights.copy_(rebalance_weights(counts, cfg.rebalance_mix))
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     if ckpt is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     best = ckpt["extra"].get("best_val_loss", math.inf) if ckpt is not None else math.inf
@@ -327,6 +387,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         set_epoch(train_loader, epoch, cfg.seed)
         torch.manual_seed(cfg.seed * 1_000 + epoch * 16 + env.rank)  # dropout etc.: resumable
         ddp.train()
+        set_backbone_mode(model, cfg)
         loss_sum, seen, runtime_skips, started = 0.0, 0, Counter(), time.perf_counter()
         steps = len(train_loader)
         if cfg.max_steps_per_epoch:
@@ -338,7 +399,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             runtime_skips.update(skips)
             lr = lr_at(cfg, (epoch + step / steps) / cfg.epochs)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if len(l_in):
                 loss = train_step(model, ddp, optimizer, (l_in, gray, ab), device, dtype)
                 loss_sum += loss.item() * len(l_in)
