@@ -1,0 +1,71 @@
+"""The monitoring manifests (k8s/monitoring) as Grafana and the cluster will read them:
+dashboards that lay out cleanly and take their data source from a variable, shipped as
+ConfigMaps the Grafana sidecar picks up, with the JSON files' bytes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "k8s" / "monitoring"
+KUBECTL = ROOT / ".venv-tools" / "bin" / "kubectl"
+# ConfigMap name -> the dashboard file it carries
+DASHBOARDS = {
+    "colorizer-dashboard": MONITORING / "dashboards" / "colorizer.json",
+    "colorizer-dashboard-gpu": MONITORING / "gpu" / "colorizer-gpu.json",
+}
+
+
+def render(path: Path) -> list[dict]:
+    if not KUBECTL.exists():
+        pytest.fail(f"{KUBECTL} is missing: run `make k8s-tools` (make test does)")
+    cmd = [str(KUBECTL), "kustomize", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["w"] <= b["x"]
+        or b["x"] + b["w"] <= a["x"]
+        or a["y"] + a["h"] <= b["y"]
+        or b["y"] + b["h"] <= a["y"]
+    )
+
+
+@pytest.mark.parametrize("path", DASHBOARDS.values(), ids=DASHBOARDS.keys())
+def test_dashboard_is_well_formed(path):
+    board = json.loads(path.read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+    for i, a in enumerate(panels):
+        assert 0 <= a["gridPos"]["x"] and a["gridPos"]["x"] + a["gridPos"]["w"] <= 24
+        for b in panels[i + 1 :]:
+            assert not overlaps(a["gridPos"], b["gridPos"]), (a["title"], b["title"])
+        if a["type"] == "row":
+            continue
+        assert a["title"] and a["description"], a
+        assert a["datasource"]["uid"] == "${datasource}", a["title"]
+        refs = [t["refId"] for t in a["targets"]]
+        assert refs and len(set(refs)) == len(refs), a["title"]
+        for t in a["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}" and t["expr"].strip(), a["title"]
+
+
+@pytest.mark.parametrize("folder", [MONITORING, MONITORING / "gpu"], ids=["main", "gpu"])
+def test_dashboards_ship_as_configmaps_the_grafana_sidecar_loads(folder):
+    for cm in (d for d in render(folder) if d["kind"] == "ConfigMap"):
+        name = cm["metadata"]["name"]
+        assert name in DASHBOARDS, f"{name}: a fixed name (no hash), or apply -k leaves copies"
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        path = DASHBOARDS[name]
+        assert cm["data"] == {path.name: path.read_text()}
