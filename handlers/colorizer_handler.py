@@ -24,6 +24,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
@@ -163,7 +164,7 @@ class ColorizerHandler:
         jobs = self.preprocess(data, context, responses)
         if jobs:
             try:
-                colorized = self.inference([job[1].rgb for job in jobs], context)
+                colorized = self.inference([job[1] for job in jobs], context)
             except Exception as exc:  # e.g. out of memory: fail this batch, keep the worker
                 log.exception("colorize failed for a batch of %d", len(jobs))
                 for idx, *_ in jobs:
@@ -195,8 +196,8 @@ class ColorizerHandler:
         record(context, STAGE_METRIC, time.perf_counter() - start, "s", "histogram", Stage="decode")
         return jobs
 
-    def inference(self, images: list[torch.Tensor], context: Any) -> list[torch.Tensor]:
-        """RGB (3, H_i, W_i) in [0, 1] -> colorized RGB (3, H_i, W_i) in [0, 1] on the CPU."""
+    def inference(self, images: list[DecodedImage], context: Any) -> list[np.ndarray]:
+        """Decoded photos -> colorized RGB, (3, H_i, W_i) uint8 planes on the CPU."""
         pipeline = self.pipeline
         start = time.perf_counter()
         batch = pipeline.prepare(images)
@@ -205,7 +206,7 @@ class ColorizerHandler:
         if pipeline.device.type == "cuda":
             torch.cuda.synchronize(pipeline.device)
         inferred = time.perf_counter()
-        colorized = pipeline.finish(batch, ab)
+        colorized = pipeline.finish_uint8(batch, ab)
         done = time.perf_counter()
         for stage, seconds in (
             ("preprocess", prepared - start),
@@ -218,7 +219,7 @@ class ColorizerHandler:
     def postprocess(
         self,
         jobs: list[Job],
-        colorized: list[torch.Tensor],
+        colorized: list[np.ndarray],
         context: Any,
         responses: list[bytes | None],
     ) -> None:

@@ -42,6 +42,10 @@ COMMANDS = {
         "serving.client.bench",
         "measure latency and throughput of a running service (REST vs gRPC)",
     ),
+    "pipeline-bench": (
+        "serving.benchmark",
+        "where a request's time and memory go: pipeline stages, network, served (ratios)",
+    ),
 }
 
 

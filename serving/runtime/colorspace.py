@@ -13,6 +13,8 @@ observer):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Linear sRGB -> XYZ (D65), as in scikit-image.
@@ -119,3 +121,85 @@ def lightness_to_gray(lightness: torch.Tensor) -> torch.Tensor:
     """L (any shape) in [0, 100] -> gamma-encoded gray in [0, 1]: the sRGB of Lab (L, 0, 0)."""
     y = _lab_f_inv((lightness + 16.0) / 116.0)
     return linear_to_srgb(y).clamp(0.0, 1.0)
+
+
+# --- 8-bit fast paths: the same math on one plane at a time, for the serving pipeline. ---
+#
+# A photo's pixels are 8-bit, so per-pixel functions of one 8-bit value are 256-entry
+# tables, and the last step (linear RGB -> gamma-encoded 8-bit) is a table over a fine
+# quantization of the linear value. The serving pipeline calls these on row strips, so
+# temporaries stay small; they agree with the float functions above to well under one
+# 8-bit level (tests/unit/test_pixels_equivalence.py).
+
+LINEAR_LEVELS = 1 << 16  # quantization of linear RGB before the 8-bit sRGB table
+
+
+def srgb8_to_linear_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """(256,) float32: linear RGB of each 8-bit sRGB level (``srgb_to_linear(v / 255)``)."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    return srgb_to_linear(levels).to(device=device, dtype=torch.float32)
+
+
+def srgb8_gray_lightness_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """(256,) float32: CIELAB L in [0, 100] of each 8-bit gray level (v, v, v)."""
+    levels = (torch.arange(256, dtype=torch.float64) / 255.0).expand(3, 1, 256)
+    return rgb_to_lab(levels)[0, 0].to(device=device, dtype=torch.float32)
+
+
+def linear_to_srgb8_table(device: torch.device | str = "cpu") -> torch.Tensor:
+    """(LINEAR_LEVELS,) uint8: 8-bit sRGB of linear value i / (LINEAR_LEVELS - 1)."""
+    linear = torch.arange(LINEAR_LEVELS, dtype=torch.float64) / (LINEAR_LEVELS - 1)
+    return (linear_to_srgb(linear).clamp(0, 1) * 255.0).round().to(device, torch.uint8)
+
+
+def luminance_to_lightness(y: torch.Tensor) -> torch.Tensor:
+    """Relative luminance Y (any shape, float) -> CIELAB L in [0, 100]."""
+    return 116.0 * _lab_f(y) - 16.0
+
+
+def _lab_f_inv_smooth(f: torch.Tensor) -> torch.Tensor:
+    """``_lab_f_inv`` without a branch: the linear segment is the tangent of f^3 at 6/29, so
+    f^3 = tangent + (f - 6/29)^2 (f + 12/29), and that last term is added only above 6/29."""
+    above = (f - _LAB_F_THRESHOLD).clamp_(min=0.0)
+    tangent = (f - _LAB_OFFSET).div_(_LAB_KAPPA_SLOPE)
+    return tangent.addcmul_(above.mul_(above), f + 2.0 * _LAB_F_THRESHOLD)
+
+
+@functools.cache
+def _rgb_from_xyz() -> tuple[tuple[float, ...], ...]:
+    return tuple(map(tuple, torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64))))
+
+
+def lab_to_srgb8_keep_lightness(
+    lightness: torch.Tensor, ab: torch.Tensor, out: torch.Tensor, srgb8: torch.Tensor
+) -> None:
+    """``lab_to_rgb_keep_lightness`` for one strip, written as 8-bit sRGB into ``out``.
+
+    - ``lightness``: (R, W) float32 L in [0, 100]
+    - ``ab``: (2, R, W) float32 a*, b* (modified in place: used as scratch)
+    - ``out``: (3, R, W) uint8 planes, each plane contiguous (e.g. rows of a (3, H, W) image)
+    - ``srgb8``: ``linear_to_srgb8_table()`` on the same device
+
+    Planar and branch-free on purpose: interleaving to (R, W, 3) and boolean masks /
+    ``where`` are the slow kernels on a CPU. The gamut test "c > 0 ? 1 - gray : gray" over
+    |c| is written as 0.5 / |c| + (0.5 - gray) / c.
+    """
+    rows, width = lightness.shape
+    xyz = torch.empty(3, rows, width, dtype=lightness.dtype, device=lightness.device)
+    fy = torch.add(lightness, 16.0, out=xyz[1]).div_(116.0)
+    torch.div(ab[0], 500.0, out=xyz[0]).add_(fy)
+    torch.div(ab[1], -200.0, out=xyz[2]).add_(fy).clamp_(min=0.0)
+    xyz = _lab_f_inv_smooth(xyz)
+    gray = xyz[1].clamp(0.0, 1.0)  # Y: the luminance, kept
+    xyz[0].mul_(_WHITE_D65[0])
+    xyz[2].mul_(_WHITE_D65[2])
+    matrix = torch.tensor(_rgb_from_xyz(), dtype=xyz.dtype, device=xyz.device)
+    chroma = (matrix @ xyz.view(3, -1)).view(3, rows, width).sub_(gray)  # linear RGB - gray
+    inv_abs = chroma.abs().clamp_(min=1e-12).reciprocal_()
+    inv = chroma * inv_abs * inv_abs  # 1 / chroma, finite
+    room = inv.mul_(0.5 - gray).add_(inv_abs, alpha=0.5)
+    scale = room.amin(dim=0).clamp_(max=1.0)
+    linear = chroma.mul_(scale).add_(gray).clamp_(0.0, 1.0).mul_(LINEAR_LEVELS - 1).round_()
+    index = linear.to(torch.int32)
+    for channel in range(3):
+        torch.index_select(srgb8, 0, index[channel].view(-1), out=out[channel].view(-1))

@@ -39,20 +39,31 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 @dataclass
 class DecodedImage:
-    """A decoded photo.
+    """A decoded photo, kept as small as its source: what the pipeline needs, nothing more.
 
-    - ``rgb``: (3, H, W) float32 in [0, 1], EXIF orientation applied
-    - ``alpha``: (H, W) float32 in [0, 1], or None when the input had no alpha
+    - ``pixels``: EXIF orientation applied; (H, W) uint8 for 8-bit gray photos (a gray JPEG
+      never becomes RGB), (H, W, 3) uint8 RGB for color and palette photos, or (H, W)
+      float32 in [0, 1] for 16-bit / 32-bit / float gray
+    - ``alpha``: (H, W) uint8, or None when the input had no alpha
     - ``source_format``: Pillow's format name of the input (e.g. "JPEG")
     """
 
-    rgb: torch.Tensor
-    alpha: torch.Tensor | None
+    pixels: np.ndarray
+    alpha: np.ndarray | None
     source_format: str
 
     @property
     def megapixels(self) -> float:
-        return self.rgb.shape[-1] * self.rgb.shape[-2] / 1e6
+        return self.pixels.shape[0] * self.pixels.shape[1] / 1e6
+
+    @property
+    def rgb(self) -> torch.Tensor:
+        """(3, H, W) float32 in [0, 1]: the photo as float RGB (built on each call)."""
+        pixels = torch.from_numpy(self.pixels)
+        if pixels.dim() == 2:
+            pixels = pixels[..., None].expand(-1, -1, 3)
+        rgb = pixels.permute(2, 0, 1).float()
+        return rgb / 255.0 if self.pixels.dtype == np.uint8 else rgb.contiguous()
 
 
 # What Pillow raises on bytes it cannot make sense of. Its plugins raise OSError ("cannot
@@ -118,16 +129,20 @@ def _high_bit_gray(img: Image.Image) -> np.ndarray:
     return np.clip(arr / top, 0.0, 1.0)
 
 
-def _to_tensors(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (pixels, alpha) as ``DecodedImage`` holds them."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        gray = torch.from_numpy(_high_bit_gray(img))
-        return gray.expand(3, -1, -1).contiguous(), None
+        return _high_bit_gray(img), None
+    if img.mode == "LA":
+        gray, alpha = img.split()
+        return np.asarray(gray), np.asarray(alpha)
     has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
-    rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
-    tensor = torch.from_numpy(rgba.copy()).permute(2, 0, 1).float() / 255.0
     if has_alpha:
-        return tensor[:3].contiguous(), tensor[3].contiguous()
-    return tensor, None
+        rgba = np.asarray(img.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    if img.mode in ("L", "1"):
+        return np.asarray(img.convert("L")), None
+    return np.asarray(img.convert("RGB")), None
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -151,7 +166,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
-        rgb, alpha = _to_tensors(img)
+        pixels, alpha = _to_arrays(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image is too large to decode safely ({exc})") from exc
     except _BAD_BYTES as exc:
@@ -160,7 +175,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise CorruptImage(
             f"the {source_format} image is truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc
-    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+    return DecodedImage(pixels=pixels, alpha=alpha, source_format=source_format)
 
 
 def parse_quality(value: str | int | None) -> int:
@@ -203,21 +218,43 @@ def to_uint8_hwc(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> np.nda
     return (planes.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+def _plane(pixels: np.ndarray) -> Image.Image:
+    """(H, W) uint8 -> a Pillow "L" image sharing its memory when it is contiguous."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    height, width = pixels.shape
+    return Image.frombuffer("L", (width, height), pixels, "raw", "L", 0, 1)
+
+
 def encode_image(
-    rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, quality: int = DEFAULT_QUALITY
+    rgb: torch.Tensor | np.ndarray,
+    alpha: torch.Tensor | np.ndarray | None,
+    fmt: str,
+    quality: int = DEFAULT_QUALITY,
 ) -> bytes:
-    """Encode (3, H, W) float [0, 1] RGB (+ alpha, dropped for JPEG) as jpeg, png or webp bytes."""
+    """Encode RGB (+ alpha, dropped for JPEG) as jpeg, png or webp bytes.
+
+    ``rgb``: (3, H, W) uint8 planes (the serving path; Pillow interleaves them faster than
+    numpy or torch) or (3, H, W) float in [0, 1]; ``alpha``: (H, W) uint8 or float in
+    [0, 1], or None.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidOption(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     if fmt == "jpeg":
         alpha = None
-    pixels = to_uint8_hwc(rgb, alpha)
-    img = Image.fromarray(pixels, mode="RGBA" if alpha is not None else "RGB")
+    if isinstance(rgb, torch.Tensor):
+        rgb = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    planes = [_plane(channel) for channel in rgb]
+    if alpha is not None:
+        if isinstance(alpha, torch.Tensor):
+            alpha = (alpha.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+        planes.append(_plane(alpha))
+    img = Image.merge("RGBA" if alpha is not None else "RGB", planes)
+    del planes
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=quality)
     elif fmt == "webp":
         img.save(buf, format="WEBP", quality=quality)
-    elif fmt == "png":
-        img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
-        raise InvalidOption(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+        img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()

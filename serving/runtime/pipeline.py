@@ -4,22 +4,58 @@ photo (any size) -> L at full resolution -> L@224 + gray@299 -> network -> a*b*@
 -> a*b* upsampled to full size -> joined with the ORIGINAL L -> Lab -> RGB.
 
 The stages are separate methods so a server can time each one.
+
+Two ways in and out:
+
+- float RGB tensors (3, H, W) in [0, 1] (training, evaluation): ``prepare`` / ``finish``;
+  whole-image tensor math, the definition the tests compare against.
+- decoded photos (``imageio.DecodedImage``, 8-bit gray or RGB) -> 8-bit RGB (serving):
+  ``prepare`` / ``finish_uint8``. Full-resolution work runs on row strips of about
+  ``strip_pixels`` pixels, so its temporaries stay small and in cache; per-pixel functions
+  of 8-bit values are tables (``colorspace``). Peak memory grows by about
+  ``PEAK_BYTES_PER_PIXEL`` per pixel of the photo, against ~143 for the whole-image
+  float path (`colorizer pipeline-bench`; tests/unit/test_pixels_memory.py).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from serving.runtime.colorspace import lab_to_rgb_keep_lightness, lightness_to_gray, rgb_to_lab
+from serving.runtime.colorspace import (
+    lab_to_rgb_keep_lightness,
+    lab_to_srgb8_keep_lightness,
+    lightness_to_gray,
+    linear_to_srgb,
+    linear_to_srgb8_table,
+    luminance_to_lightness,
+    rgb_to_lab,
+    srgb8_gray_lightness_table,
+    srgb8_to_linear_table,
+    srgb_to_linear,
+)
 from serving.runtime.device import pick_device, pick_dtype
+from serving.runtime.imageio import DecodedImage
 from serving.runtime.model_spec import ModelSpec, load_scripted
 
 log = logging.getLogger(__name__)
+
+# Pixels per row strip of the full-resolution work. On a CPU, 64 K pixels keep a strip's
+# float planes (256 KiB each) in L2; a GPU wants few, large kernels.
+CPU_STRIP_PIXELS = 1 << 16
+CUDA_STRIP_PIXELS = 1 << 24
+# Budget for the growth of a worker's peak memory per pixel of one photo on the 8-bit
+# path, decode to encoded bytes (measured ~9 at 12 MP; tests/unit/test_pixels_memory.py
+# holds it). The cpu profile's memory arithmetic uses it (k8s/CAPACITY.md).
+PEAK_BYTES_PER_PIXEL = 16
+# sRGB (D65) luminance weights of linear R, G, B (the Y row of colorspace's matrix).
+_LUMA = (0.212671, 0.715160, 0.072169)
 
 
 def model_inputs(lightness: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,12 +63,21 @@ def model_inputs(lightness: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tensor
 
     S = spec.l_size, G = spec.gray_size; bilinear with antialiasing.
     """
-    full = lightness[None]  # (1, 1, H, W)
-    l_small = F.interpolate(full, size=(spec.l_size,) * 2, mode="bilinear", antialias=True)
-    l_in = (l_small[0] - spec.l_center) / spec.l_scale
-    gray = F.interpolate(
-        lightness_to_gray(full), size=(spec.gray_size,) * 2, mode="bilinear", antialias=True
+    return resize_inputs(lightness, lightness_to_gray(lightness), spec)
+
+
+def resize_inputs(
+    lightness: torch.Tensor, gray: torch.Tensor, spec: ModelSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L (1, H, W) in [0, 100] + gray (1, H, W) in [0, 1] -> the network's (1, S, S), (1, G, G).
+
+    ``gray`` is the sRGB gray of the same lightness (``lightness_to_gray``).
+    """
+    l_small = F.interpolate(
+        lightness[None], size=(spec.l_size,) * 2, mode="bilinear", antialias=True
     )
+    gray = F.interpolate(gray[None], size=(spec.gray_size,) * 2, mode="bilinear", antialias=True)
+    l_in = (l_small[0] - spec.l_center) / spec.l_scale
     return l_in.clamp(-1, 1), (gray[0] * 2.0 - 1.0).clamp(-1, 1)
 
 
@@ -45,6 +90,34 @@ def compose(lightness: torch.Tensor, ab_small: torch.Tensor, spec: ModelSpec) ->
     height, width = lightness.shape[-2:]
     ab = F.interpolate(ab_small[None].float(), size=(height, width), mode="bilinear")[0]
     return lab_to_rgb_keep_lightness(torch.cat((lightness, ab * spec.ab_scale), dim=0))
+
+
+def _strips(height: int, width: int, strip_pixels: int) -> list[tuple[int, int]]:
+    """Row ranges [y0, y1) of about ``strip_pixels`` pixels each, covering ``height`` rows."""
+    rows = max(1, strip_pixels // max(width, 1))
+    return [(y0, min(y0 + rows, height)) for y0 in range(0, height, rows)]
+
+
+def _source_rows(size_in: int, size_out: int, device: torch.device):
+    """Bilinear (align_corners=False) source rows of each output row, as F.interpolate does.
+
+    -> (i0 (size_out,) int32, i1 (size_out,) int32, weight of i1 (size_out, 1) float32).
+    """
+    scale = size_in / size_out
+    src = (torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5
+    src = src.clamp(min=0.0)
+    i0 = src.floor().to(torch.int32).clamp(max=size_in - 1)
+    i1 = (i0 + 1).clamp(max=size_in - 1)
+    return i0, i1, (src - i0).unsqueeze(1)
+
+
+class _Tables:
+    """The 8-bit lookup tables on one device (built once per pipeline)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.gray_lightness = srgb8_gray_lightness_table(device)  # (256,) float32
+        self.linear = srgb8_to_linear_table(device)  # (256,) float32
+        self.srgb8 = linear_to_srgb8_table(device)  # (65536,) uint8
 
 
 @dataclass
@@ -69,12 +142,16 @@ class ColorizePipeline:
         spec: ModelSpec,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        strip_pixels: int | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
         self.module = module.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
         self.module.eval()
+        default_strip = CUDA_STRIP_PIXELS if device.type == "cuda" else CPU_STRIP_PIXELS
+        self.strip_pixels = strip_pixels or default_strip
+        self.tables = _Tables(device)
 
     @classmethod
     def load(
@@ -87,13 +164,53 @@ class ColorizePipeline:
         log.info("colorizer loaded on %s in %s", device, str(dtype).removeprefix("torch."))
         return cls(module, spec, device, dtype)
 
+    def lightness_and_gray(self, image: DecodedImage) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decoded photo -> (L (1, H, W) in [0, 100], gray (1, H, W) in [0, 1]), float32.
+
+        8-bit gray: both from 256-entry tables. 8-bit RGB: luminance from a table per
+        channel. High-bit gray (float): the float functions. Never builds float RGB.
+        """
+        with warnings.catch_warnings():  # Pillow's arrays are read-only; nothing writes here
+            warnings.simplefilter("ignore", UserWarning)
+            pixels = torch.from_numpy(image.pixels).to(self.device)
+        height, width = pixels.shape[:2]
+        lightness = torch.empty(1, height, width, device=self.device)
+        gray = torch.empty(1, height, width, device=self.device)
+        for y0, y1 in _strips(height, width, self.strip_pixels):
+            strip = pixels[y0:y1]
+            if strip.dtype == torch.uint8 and strip.dim() == 2:
+                index = strip.reshape(-1).to(torch.int32)
+                torch.index_select(
+                    self.tables.gray_lightness, 0, index, out=lightness[0, y0:y1].view(-1)
+                )
+                torch.div(strip, 255.0, out=gray[0, y0:y1])
+                continue
+            if strip.dtype == torch.uint8:  # (R, W, 3) RGB
+                index = strip.reshape(-1).to(torch.int32)
+                linear = torch.index_select(self.tables.linear, 0, index).view(strip.shape)
+                y = linear @ torch.tensor(_LUMA, device=self.device)
+            else:  # (R, W) float gray in [0, 1]
+                y = srgb_to_linear(strip.float())
+            lightness[0, y0:y1] = luminance_to_lightness(y)
+            gray[0, y0:y1] = linear_to_srgb(y.clamp(0.0, 1.0)).clamp(0.0, 1.0)
+        return lightness, gray
+
     @torch.inference_mode()
-    def prepare(self, images: list[torch.Tensor]) -> Prepared:
-        """RGB images, each (3, H_i, W_i) float in [0, 1] (any device) -> a network batch."""
+    def prepare(self, images: list[torch.Tensor | DecodedImage]) -> Prepared:
+        """A batch of photos -> network inputs.
+
+        Each photo is either a ``DecodedImage`` (the serving path) or an RGB tensor
+        (3, H_i, W_i) float in [0, 1] on any device.
+        """
         lightness, l_batch, gray_batch = [], [], []
-        for rgb in images:
-            lum = rgb_to_lab(rgb.to(self.device, torch.float32))[:1]
-            l_in, gray_in = model_inputs(lum, self.spec)
+        for image in images:
+            if isinstance(image, DecodedImage):
+                lum, gray = self.lightness_and_gray(image)
+                l_in, gray_in = resize_inputs(lum, gray, self.spec)
+                del gray
+            else:
+                lum = rgb_to_lab(image.to(self.device, torch.float32))[:1]
+                l_in, gray_in = model_inputs(lum, self.spec)
             lightness.append(lum)
             l_batch.append(l_in)
             gray_batch.append(gray_in)
@@ -111,11 +228,36 @@ class ColorizePipeline:
 
     @torch.inference_mode()
     def finish(self, batch: Prepared, ab: torch.Tensor) -> list[torch.Tensor]:
-        """-> RGB per image, (3, H_i, W_i) float32 in [0, 1] on the CPU."""
+        """-> RGB per image, (3, H_i, W_i) float32 in [0, 1] on the CPU (whole-image math)."""
         return [
             compose(lum, ab_i, self.spec).cpu()
             for lum, ab_i in zip(batch.lightness, ab, strict=True)
         ]
+
+    @torch.inference_mode()
+    def finish_uint8(self, batch: Prepared, ab: torch.Tensor) -> list[np.ndarray]:
+        """-> RGB per image, (3, H_i, W_i) uint8 planes on the CPU; ``finish`` within one level.
+
+        a*b* is upsampled separably: across the width once per image ((2, s, W_i), small),
+        then down the rows strip by strip, each strip going straight to 8-bit sRGB.
+        """
+        ab = ab.float() * self.spec.ab_scale  # (B, 2, s, s), the whole batch at once
+        size = ab.shape[-2]
+        results = []
+        for lum, ab_i in zip(batch.lightness, ab, strict=True):
+            height, width = lum.shape[-2:]
+            ab_wide = F.interpolate(ab_i[None], size=(size, width), mode="bilinear")[0]
+            i0, i1, weight = _source_rows(size, height, self.device)
+            out = torch.empty(3, height, width, dtype=torch.uint8, device=self.device)
+            for y0, y1 in _strips(height, width, self.strip_pixels):
+                top = torch.index_select(ab_wide, 1, i0[y0:y1])
+                bottom = torch.index_select(ab_wide, 1, i1[y0:y1])
+                ab_strip = torch.lerp(top, bottom, weight[y0:y1])  # (2, R, W)
+                lab_to_srgb8_keep_lightness(
+                    lum[0, y0:y1], ab_strip, out[:, y0:y1], self.tables.srgb8
+                )
+            results.append(out.cpu().numpy())
+        return results
 
     @torch.inference_mode()
     def colorize(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,411 @@
+"""`colorizer pipeline-bench`: where a request's time and memory go, as ratios from one run.
+
+1. In-process pipeline, per photo size (default 0.25, 1, 12 and 40 MP; synthetic gray
+   JPEG, JPEG out): milliseconds per stage (decode, prepare, network, finish, encode) and
+   peak RSS growth (CUDA: peak allocated GPU memory too). Each size runs in a fresh
+   subprocess, so one size's freed memory never hides the next one's peak. With
+   ``--reference-max-mp`` the whole-image float path (the pipeline before row strips and
+   8-bit tables: float RGB from decode, full-resolution Lab, ``finish``) runs beside it on
+   the same photos, and the ratios reference / new come from the same run.
+2. In-process throughput at 512x512 with ``--parallel`` pipelines at once (one process
+   each, ``--threads`` torch threads): what the cores can do without a server.
+3. With ``--served``: a running service's throughput over REST and gRPC at each
+   ``--concurrency`` on the same 512x512 photo, and served / in-process.
+
+Timings on a shared machine are noisy: read the ratios, which come from one run.
+Run it with the threads the server uses, e.g. ``OMP_NUM_THREADS=1 colorizer pipeline-bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+DEFAULT_MODEL = Path("model_store/default/colorizer.pt")
+DEFAULT_SIZES = (0.25, 1.0, 12.0, 40.0)
+STAGES = ("decode", "prepare", "network", "finish", "encode")
+SERVED_SIZE = 512
+GIB = 1 << 30
+
+
+def photo_shape(megapixels: float) -> tuple[int, int]:
+    """(width, height) of a 4:3 photo of about ``megapixels`` (1 MP -> 1155x866; 0.25 and 1 MP
+    are square as in the issue: 512x512, 1024x1024)."""
+    if megapixels <= 1.05:
+        side = round((megapixels * 1e6) ** 0.5 / 64) * 64
+        return side, side
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    return width, round(width * 3 / 4)
+
+
+def gray_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A synthetic gray JPEG (quality 90) that compresses like a photo, built row block by
+    row block so a 40 MP one costs the benchmark little memory."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (width, height))
+    xx = np.arange(width, dtype=np.float32)[None] / width
+    for y0 in range(0, height, 512):
+        yy = np.arange(y0, min(y0 + 512, height), dtype=np.float32)[:, None] / height
+        rows = 0.45 + 0.35 * np.sin(8 * xx * yy + 3 * xx) + rng.normal(0, 0.02, (len(yy), width))
+        block = Image.fromarray((np.clip(rows, 0, 1) * 255).astype(np.uint8))
+        img.paste(block, (0, y0))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+# --- One size in a fresh process ------------------------------------------------------
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (VmHWM); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _run_once(pipeline, data: bytes, path: str, sync) -> dict[str, float]:
+    """Colorize ``data`` once along ``path`` ("new" or "reference"); seconds per stage."""
+    from PIL import Image
+
+    from serving.runtime.imageio import decode_image, encode_image, to_uint8_hwc
+
+    times = {}
+    start = time.perf_counter()
+    image = decode_image(data, max_pixels=10**9)
+    source = image if path == "new" else image.rgb
+    del image
+    times["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    batch = pipeline.prepare([source])
+    del source
+    sync()
+    times["prepare"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ab = pipeline.infer(batch)
+    sync()
+    times["network"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if path == "new":
+        (pixels,) = pipeline.finish_uint8(batch, ab)
+    else:
+        (pixels,) = pipeline.finish(batch, ab)
+    del batch
+    sync()
+    times["finish"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if path == "new":
+        encode_image(pixels, None, "jpeg", 90)
+    else:  # as before: float (3, H, W) -> (H, W, 3) uint8 -> Pillow
+        Image.fromarray(to_uint8_hwc(pixels)).save(io.BytesIO(), format="JPEG", quality=90)
+    times["encode"] = time.perf_counter() - start
+    times["whole"] = sum(times[s] for s in STAGES)
+    return times
+
+
+def measure_size(args: argparse.Namespace) -> dict:
+    """Child process: one photo size along one path; -> medians, peak memory."""
+    import torch
+
+    from serving.runtime.pipeline import ColorizePipeline
+
+    torch.set_num_threads(args.threads)
+    pipeline = ColorizePipeline.load(args.model, args.device, args.precision)
+    cuda = pipeline.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(pipeline.device)
+
+    data = Path(args.photo).read_bytes()
+    warm = gray_jpeg(320, 240, seed=1)
+    for _ in range(2):  # TorchScript specializes on its second call
+        _run_once(pipeline, warm, args.path, sync)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(pipeline.device)
+    base = _rss_bytes("VmRSS")
+    reset = _reset_peak_rss()
+    runs = [_run_once(pipeline, data, args.path, sync)]
+    peak = _rss_bytes("VmHWM") if reset else 0
+    for _ in range(args.repeats - 1):
+        runs.append(_run_once(pipeline, data, args.path, sync))
+    result = {
+        "path": args.path,
+        "device": str(pipeline.device),
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "ms": {k: 1e3 * statistics.median(r[k] for r in runs) for k in (*STAGES, "whole")},
+        "peak_rss_growth_bytes": peak - base if reset else None,
+    }
+    if cuda:
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(pipeline.device)
+    return result
+
+
+def _child(args: argparse.Namespace, photo: Path, path: str) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.benchmark",
+        "--child",
+        "--photo",
+        str(photo),
+        "--path",
+        path,
+        "--model",
+        str(args.model),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- Throughput: in-process pipelines and a served model ---------------------------------
+
+
+def _pipeline_worker(model: str, device: str, precision: str, threads: int, data: bytes, n: int):
+    """One in-process pipeline colorizing ``data`` ``n`` times after warm-up; -> (start, end)."""
+    import torch
+
+    from serving.runtime.imageio import decode_image, encode_image
+    from serving.runtime.pipeline import ColorizePipeline
+
+    torch.set_num_threads(threads)
+    pipeline = ColorizePipeline.load(model, device, precision)
+
+    def once() -> None:
+        image = decode_image(data)
+        batch = pipeline.prepare([image])
+        (pixels,) = pipeline.finish_uint8(batch, pipeline.infer(batch))
+        encode_image(pixels, None, "jpeg", 90)
+
+    for _ in range(3):
+        once()
+    start = time.time()
+    for _ in range(n):
+        once()
+    return start, time.time()
+
+
+def in_process_throughput(args: argparse.Namespace, data: bytes) -> float:
+    """Images/s of ``--parallel`` pipelines in separate processes on the same photo."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    work = (str(args.model), args.device, args.precision, args.threads, data, args.requests)
+    with ctx.Pool(args.parallel) as pool:
+        spans = pool.starmap(_pipeline_worker, [work] * args.parallel)
+    # Count only the time all of them ran together-ish: first start to last end.
+    elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
+    return args.parallel * args.requests / elapsed
+
+
+def served_throughput(protocol: str, target: str, data: bytes, requests: int, conc: int) -> float:
+    """Images/s of a running service with ``conc`` requests in flight (JPEG out)."""
+    from serving.client.sdk import ColorizerClient
+
+    url, grpc_target = (target, None) if protocol == "rest" else (None, target)
+    with ColorizerClient(url, grpc_target, pool_size=conc) as client:
+        with ThreadPoolExecutor(max_workers=conc) as pool:
+            list(pool.map(lambda _: client.colorize(data, "jpeg"), range(2 * conc)))  # warm
+            start = time.perf_counter()
+            list(pool.map(lambda _: client.colorize(data, "jpeg"), range(requests)))
+    return requests / (time.perf_counter() - start)
+
+
+# --- Report ---------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def report(results: dict) -> str:
+    rows = [
+        f"machine: {results['cpu']}, {results['cores']} cores, load {results['load']}; "
+        f"device {results['device']} ({results['dtype']}), {results['threads']} torch thread(s)",
+        "",
+        "in-process pipeline, gray JPEG in, JPEG out (median ms; peak = RSS growth, 1st run)",
+        f"{'photo':>16} {'path':>9} "
+        + " ".join(f"{s:>8}" for s in (*STAGES, "whole"))
+        + f" {'peak':>10} {'rest/net':>8}",
+    ]
+    for size in results["sizes"]:
+        for run in size["runs"]:
+            ms = run["ms"]
+            rest = (ms["whole"] - ms["network"]) / ms["network"]
+            rows.append(
+                f"{size['label']:>16} {run['path']:>9} "
+                + " ".join(f"{ms[s]:8.0f}" for s in (*STAGES, "whole"))
+                + f" {_fmt_bytes(run['peak_rss_growth_bytes']):>10} {rest:8.1f}"
+            )
+        if "reference_over_new" in size:
+            ratio = size["reference_over_new"]
+            rows.append(
+                f"{'':>16} {'ref/new':>9} "
+                + " ".join(f"{ratio[s]:8.1f}" for s in (*STAGES, "whole"))
+                + f" {ratio['peak']:10.1f}"
+            )
+    if "in_process_img_s" in results:
+        rows += [
+            "",
+            f"{SERVED_SIZE}x{SERVED_SIZE} JPEG: {results['parallel']} in-process pipelines: "
+            f"{results['in_process_img_s']:.1f} img/s",
+        ]
+    for served in results.get("served", []):
+        rows.append(
+            f"  served {served['protocol']:>4}, {served['concurrency']:>2} in flight: "
+            f"{served['img_s']:6.1f} img/s   served / in-process {served['over_in_process']:.2f}"
+        )
+    return "\n".join(rows)
+
+
+def _machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.child:
+        print(json.dumps(measure_size(args)))
+        return 0
+    results: dict = {
+        "cpu": _machine(),
+        "cores": os.cpu_count(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "threads": args.threads,
+        "sizes": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for mp in args.sizes:
+            width, height = photo_shape(mp)
+            photo = Path(tmp) / f"{width}x{height}.jpg"
+            photo.write_bytes(gray_jpeg(width, height))
+            size = {"megapixels": width * height / 1e6, "width": width, "height": height}
+            size["label"] = f"{width}x{height}"
+            size["runs"] = [_child(args, photo, "new")]
+            if mp <= args.reference_max_mp:
+                size["runs"].append(_child(args, photo, "reference"))
+                new, ref = size["runs"][0], size["runs"][1]
+                ratio = {k: ref["ms"][k] / new["ms"][k] for k in (*STAGES, "whole")}
+                peaks = new["peak_rss_growth_bytes"], ref["peak_rss_growth_bytes"]
+                ratio["peak"] = peaks[1] / peaks[0] if all(peaks) else float("nan")
+                size["reference_over_new"] = ratio
+            results["sizes"].append(size)
+            photo.unlink()
+    first = results["sizes"][0]["runs"][0] if results["sizes"] else {}
+    results["device"], results["dtype"] = first.get("device", "?"), first.get("dtype", "?")
+    if args.parallel:
+        from serving.client.bench import bench_image
+
+        data = bench_image(SERVED_SIZE)
+        results["parallel"] = args.parallel
+        results["in_process_img_s"] = in_process_throughput(args, data)
+        results["served"] = []
+        for protocol, target in (("rest", args.url), ("grpc", args.grpc)) if args.served else ():
+            for conc in args.concurrency:
+                img_s = served_throughput(protocol, target, data, args.requests, conc)
+                results["served"].append(
+                    {
+                        "protocol": protocol,
+                        "concurrency": conc,
+                        "img_s": img_s,
+                        "over_in_process": img_s / results["in_process_img_s"],
+                    }
+                )
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pipeline-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_options(p)
+    p.set_defaults(func=run)
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"({DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads per pipeline (1)")
+    p.add_argument(
+        "--sizes", type=_floats, default=list(DEFAULT_SIZES), help="megapixels (0.25,1,12,40)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="runs per size; median (3)")
+    p.add_argument(
+        "--reference-max-mp",
+        type=float,
+        default=12.0,
+        help="also run the whole-image float path up to this size (12; 0: never)",
+    )
+    p.add_argument(
+        "--parallel", type=int, default=2, help="in-process pipelines at once (2; 0: skip)"
+    )
+    p.add_argument("--requests", type=int, default=40, help="images per throughput run (40)")
+    p.add_argument("--served", action="store_true", help="also measure a running service")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="REST base URL")
+    p.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC HOST:PORT")
+    p.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="in flight (1,2,4,8)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    # Internal: one size in a child process.
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--photo", help=argparse.SUPPRESS)
+    p.add_argument("--path", default="new", help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.benchmark", description=__doc__)
+    _add_options(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
