@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import itertools
 import json
 import math
 import re
@@ -181,12 +182,15 @@ def traffic(server, prometheus):  # noqa: F811
 
     def send():
         while not stop.is_set():
-            for client in clients:
-                client.colorize(photo)
-                with contextlib.suppress(ServiceError):
-                    client.colorize(b"not an image")
+            for client, body in itertools.product(clients, (photo, b"not an image")):
+                with contextlib.suppress(ServiceError):  # bad input: refused, as meant
+                    client.colorize(body)
             stop.wait(0.2)
 
+    for client in clients:  # every kind of traffic has happened before any test looks
+        client.colorize(photo)
+        with pytest.raises(ServiceError):
+            client.colorize(b"not an image")
     sender = threading.Thread(target=send)
     sender.start()
     yield codes
