@@ -69,3 +69,21 @@ def test_dashboards_ship_as_configmaps_the_grafana_sidecar_loads(folder):
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         path = DASHBOARDS[name]
         assert cm["data"] == {path.name: path.read_text()}
+
+
+def test_monitoring_lands_in_the_service_namespace_and_passes_checkov(tmp_path):
+    """Applied beside an overlay, the alerts and dashboards go where the service is (not
+    into kubectl's current namespace), and checkov finds nothing in them."""
+    namespace = yaml.safe_load((ROOT / "k8s" / "base" / "namespace.yaml").read_text())
+    for folder in (MONITORING, MONITORING / "gpu"):
+        docs = render(folder)
+        assert docs and all(
+            d["metadata"].get("namespace") == namespace["metadata"]["name"] for d in docs
+        ), folder
+        (tmp_path / f"{folder.name}.yaml").write_text(yaml.safe_dump_all(docs))
+    checkov = ROOT / ".venv-tools" / "bin" / "checkov"
+    cmd = [str(checkov), "--skip-download", "-o", "json", "-d", str(tmp_path)]
+    done = subprocess.run([*cmd, "--framework", "kubernetes"], capture_output=True, text=True)
+    summary = json.loads(done.stdout)["summary"]
+    assert summary["failed"] == 0 and summary["parsing_errors"] == 0, done.stdout[-3000:]
+    assert summary["passed"] > 0
