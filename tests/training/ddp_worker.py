@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under torchrun: train a few steps, dump this rank's weights."""
+"""Run by tests/training/test_train.py under torchrun: train a few steps, dump this rank's weights."""
 
 import sys
 from pathlib import Path

@@ -1,23 +1,20 @@
 """End to end: a real TorchServe serving a .mar built here, real photos over REST and gRPC.
 
-One server per module (compact preset, untrained: the checks are about serving, not
-color quality), on free ports with its own state folder so a running dev server does
-not collide. The finalizer stops it and checks that none of its processes is left.
+One server for the session (the ``server`` fixture of tests/conftest.py: compact preset,
+untrained -- the checks are about serving, not color quality), on free ports with its own
+state folder so a running dev server does not collide.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
-import psutil
 import pytest
 import requests
 import yaml
@@ -28,60 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 import protos
 from serving.cli import main as cli
 from serving.client import ColorizerClient, ServiceError
-from serving.launcher.archive import build_archive
 from serving.launcher.server import LAUNCHER_DIR
 from serving.runtime.constants import MODEL_NAME, REQUEST_RATE_PROMQL
-from tests.serving_support import (
-    encode,
-    export_test_model,
-    free_ports,
-    mean_abs_l_diff,
-    open_image,
-    photo_paths,
-    synthetic_photo,
-)
+from tests.support.photos import encode, mean_abs_l_diff, open_image, photo_paths, synthetic_photo
+from tests.support.prometheus import instant_query, log_tail, running_prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PROTOCOLS = ("rest", "grpc")
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A running server: ports, URLs, state folder; stopped (and checked) at the end."""
-    root = tmp_path_factory.mktemp("e2e")
-    model = export_test_model(root / "colorizer.pt", "compact")
-    store = root / "store"
-    build_archive(model, store)
-    http, grpc_port, metrics, management, grpc_management = free_ports(5)
-    state_dir = root / "state"
-    argv = [
-        "serve",
-        "--model-store", str(store),
-        "--http-port", str(http),
-        "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics),
-        "--management-port", str(management),
-        "--grpc-management-port", str(grpc_management),
-        "--state-dir", str(state_dir),
-    ]  # fmt: skip
-    assert cli(argv) == 0
-    launcher = psutil.Process(json.loads((state_dir / "server.json").read_text())["launcher_pid"])
-    procs = [launcher, *launcher.children(recursive=True)]
-    assert len(procs) >= 3, "expected the launcher, java and a worker"
-    yield SimpleNamespace(
-        url=f"http://127.0.0.1:{http}",
-        grpc=f"127.0.0.1:{grpc_port}",
-        grpc_management=f"127.0.0.1:{grpc_management}",
-        metrics=f"http://127.0.0.1:{metrics}/metrics",
-        metrics_target=f"127.0.0.1:{metrics}",
-        state_dir=state_dir,
-        root=root,
-    )
-    assert cli(["stop", "--state-dir", str(state_dir)]) == 0
-    left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +43,6 @@ def clients(server):
     yield {"rest": rest, "grpc": grpc_client}
     rest.close()
     grpc_client.close()
-
-
-@pytest.fixture(scope="module")
-def photo() -> bytes:
-    return photo_paths()[0].read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -281,40 +228,11 @@ def test_metrics_endpoint_moves_with_requests(server, clients, photo):
     assert not still, f"metrics that did not move: {still}"
 
 
-def _prometheus_binary() -> str | None:
-    """Debian's prometheus; installed with apt when missing (None if that is impossible)."""
-    found = shutil.which("prometheus")
-    if found is None and shutil.which("apt-get"):
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"]
-        for cmd in (["apt-get", "update", "-qq"], install):
-            if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
-                return None
-        found = shutil.which("prometheus")
-    return found
-
-
 def test_prometheus_computes_the_autoscaling_request_rate(server, clients, photo, tmp_path):
-    binary = _prometheus_binary()
-    if binary is None:
-        pytest.skip("Debian's prometheus package could not be installed here")
     config = yaml.safe_load((LAUNCHER_DIR / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     (job,) = config["scrape_configs"]
     job["static_configs"] = [{"targets": [server.metrics_target]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    (port,) = free_ports(1)
-    api = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "prometheus.log", "wb"),
-    )
     stop_traffic = threading.Event()
 
     def traffic():
@@ -326,23 +244,16 @@ def test_prometheus_computes_the_autoscaling_request_rate(server, clients, photo
     sender.start()
     rate = 0.0
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and rate <= 0:
-            time.sleep(1)
-            try:
-                reply = requests.get(
-                    f"{api}/api/v1/query", params={"query": REQUEST_RATE_PROMQL}, timeout=5
-                ).json()
-            except requests.RequestException:
-                continue
-            result = reply.get("data", {}).get("result", [])
-            rate = float(result[0]["value"][1]) if result else 0.0
+        with running_prometheus(config, tmp_path) as api:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and rate <= 0:
+                time.sleep(1)
+                result = instant_query(api, REQUEST_RATE_PROMQL)
+                rate = float(result[0]["value"][1]) if result else 0.0
     finally:
         stop_traffic.set()
         sender.join()
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert rate > 0, (tmp_path / "prometheus.log").read_text()[-2000:]
+    assert rate > 0, log_tail(tmp_path)
 
 
 def test_colorize_cli_reports_failures_and_writes_the_rest(server, tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 from serving.cli import main
 from serving.runtime.model_spec import SPEC_FILE, ModelSpec, load_scripted
 from serving.runtime.pipeline import ColorizePipeline
-from tests.model_support import TINY
+from tests.support.models import TINY
 from training import export as export_mod
 from training.checkpoint import save_checkpoint
 from training.model import Colorizer

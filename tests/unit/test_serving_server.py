@@ -18,7 +18,7 @@ from serving.launcher.server import (
     start,
     stop,
 )
-from tests.serving_support import free_ports
+from tests.support.net import free_ports
 
 
 def properties(text: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from serving.runtime.pipeline import ColorizePipeline
 from training.decoding import read_choice
 from training.evaluate import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "model_store" / "default"
 VAL = REPO / "training" / "datasets" / "photos" / "val"
 MAX_BYTES = 30 * 1024 * 1024

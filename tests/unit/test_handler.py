@@ -20,14 +20,8 @@ from ts.service import Service
 from handlers.colorizer_handler import ColorizerHandler, pick_device
 from serving.launcher.server import METRICS_CONFIG
 from serving.runtime.constants import MODEL_NAME
-from tests.serving_support import (
-    encode,
-    export_test_model,
-    mean_abs_l_diff,
-    open_image,
-    photo_paths,
-    synthetic_photo,
-)
+from tests.support.models import export_test_model
+from tests.support.photos import encode, mean_abs_l_diff, open_image, photo_paths, synthetic_photo
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
 

@@ -10,7 +10,8 @@ import pytest
 from serving.client import ColorizerClient, ServiceError
 from serving.client.base import error_from_body, sniff_content_type
 from serving.client.colorize import collect_inputs, output_name
-from tests.serving_support import encode, free_ports, synthetic_photo
+from tests.support.net import free_ports
+from tests.support.photos import encode, synthetic_photo
 
 
 def test_collect_inputs_walks_folders_and_keeps_relative_names(tmp_path):

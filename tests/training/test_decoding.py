@@ -9,7 +9,7 @@ import torch
 from serving.cli import main
 from serving.runtime.model_spec import load_scripted
 from serving.runtime.pipeline import ColorizePipeline
-from tests.model_support import TINY
+from tests.support.models import TINY
 from training.ab_bins import adjust_for_prior, annealed_mean
 from training.checkpoint import save_checkpoint
 from training.decoding import NoFeasibleDecoding, choose, read_choice

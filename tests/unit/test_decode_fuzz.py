@@ -10,14 +10,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from serving.runtime.errors import ColorizerError, CorruptImage
 from serving.runtime.imageio import decode_image
+from tests.support.paths import DATA, REPO
 
-DATA = Path(__file__).resolve().parent / "data"
 SEEDS = DATA / "fuzz_seeds"
 FINDINGS = DATA / "fuzz_findings"
 FUZZ_CI_SECONDS = 45
@@ -72,7 +71,7 @@ def test_bounded_fuzz_run_finds_no_untyped_error_and_no_slow_refusal(tmp_path):
     ]
     done = subprocess.run(
         cmd,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=FUZZ_CI_SECONDS + 120,

@@ -5,7 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tests.model_support import TINY
+from tests.support.models import TINY
 from training.model import (
     PRESETS,
     Colorizer,

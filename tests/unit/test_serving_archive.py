@@ -12,7 +12,6 @@ import yaml
 
 from serving.cli import main as cli
 from serving.launcher.archive import build_archive, runtime_files
-from tests.serving_support import export_test_model
 
 RUNTIME_MODULES = {
     "colorspace",
@@ -26,8 +25,8 @@ RUNTIME_MODULES = {
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return export_test_model(tmp_path_factory.mktemp("archive") / "model.pt", "tiny")
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from training.checkpoint import load_checkpoint
 from training.synth import write_dataset
 from training.train import TrainConfig, lr_at, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_ddp_two_cpu_processes_keep_identical_weights(synth_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "tests" / "ddp_worker.py"), str(synth_data), str(tmp_path),
+        str(REPO / "tests" / "training" / "ddp_worker.py"), str(synth_data), str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,34 @@
+"""Test models: a tiny random-init variant of the network keeps tests fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from training.model import ColorizerConfig
+
+TINY = ColorizerConfig(
+    backbone="mobilenetv3_small_050",
+    embed_dim=16,
+    encoder_channels=(4, 8, 8, 8, 8, 8, 8, 8),
+    fusion_channels=8,
+    decoder_channels=(8, 4, 4, 4),
+)
+
+
+def export_test_model(path: Path, preset_name: str = "compact") -> Path:
+    """An untrained but valid exported model: ``compact`` preset, or ``tiny`` for unit tests.
+
+    Exported once per path: later calls reuse the file.
+    """
+    if path.is_file():
+        return path
+    from training.export import export
+    from training.model import Colorizer, preset
+
+    torch.manual_seed(0)
+    config = TINY if preset_name == "tiny" else preset(preset_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export(Colorizer(config), path)
+    return path
