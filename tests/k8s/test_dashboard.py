@@ -17,8 +17,6 @@ import itertools
 import json
 import math
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -34,8 +32,8 @@ from PIL import Image
 from serving.client import ColorizerClient, ServiceError
 from serving.runtime.constants import MODEL_NAME
 from tests.k8s.test_alerts import alerts, rendered_rule
-from tests.serving_support import encode, free_ports
-from tests.test_e2e_serving import server  # noqa: F401  (the module's real TorchServe)
+from tests.support.photos import encode
+from tests.support.prometheus import running_prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -113,12 +111,9 @@ def static_exporter(path: Path):
 
 
 @pytest.fixture(scope="module")
-def prometheus(server, tmp_path_factory):  # noqa: F811
+def prometheus(server, tmp_path_factory):
     """Debian's Prometheus scraping the test TorchServe (labelled as the ServiceMonitor labels
     a pod) and the synthetic cluster series each second, with the alert rules loaded."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("Debian's prometheus is missing: run `make prometheus` (make test does)")
     root = tmp_path_factory.mktemp("prometheus")
     (root / "colorizer.rules.yaml").write_text(yaml.safe_dump(rendered_rule()["spec"]))
     with static_exporter(SYNTHETIC) as cluster:
@@ -143,29 +138,12 @@ def prometheus(server, tmp_path_factory):  # noqa: F811
                 },
             ],
         }
-        (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-        (port,) = free_ports(1)
-        log = (root / "prometheus.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={root / 'prometheus.yml'}",
-                f"--storage.tsdb.path={root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
+        with running_prometheus(config, root) as api:
+            yield api
 
 
 @pytest.fixture(scope="module")
-def traffic(server, prometheus):  # noqa: F811
+def traffic(server, prometheus):
     """A queue-overflowing burst, then REST and gRPC photos and bad inputs until the end."""
     photo = encode(Image.new("RGB", (64, 48), (120, 90, 60)))
     url = f"{server.url}/predictions/{MODEL_NAME}"
@@ -212,7 +190,7 @@ def test_every_dashboard_query_returns_data(prometheus, traffic):
     print(f"{len(queries)} queries of {len(DASHBOARDS)} dashboards returned data")
 
 
-def test_synthetic_series_are_only_what_a_cluster_exports(server, prometheus, traffic):  # noqa: F811
+def test_synthetic_series_are_only_what_a_cluster_exports(server, prometheus, traffic):
     """The faked names are kube-state-metrics', cAdvisor's and DCGM's, never TorchServe's;
     every name the dashboards and alerts use is either TorchServe's (scraped for real) or
     faked; and each faked one is used somewhere."""
