@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "k8s" / "monitoring"
+from tests.support.k8s import kustomize
+from tests.support.paths import K8S, REPO
+
+MONITORING = K8S / "monitoring"
 UNIT_TESTS = MONITORING / "alerts.test.yaml"
-KUBECTL = ROOT / ".venv-tools" / "bin" / "kubectl"
 SEVERITIES = {"critical", "warning"}
 
 
@@ -27,11 +28,8 @@ def promtool() -> str:
 
 def rendered_rule() -> dict:
     """The PrometheusRule as kustomize renders k8s/monitoring, with no flags."""
-    done = subprocess.run(
-        [str(KUBECTL), "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    (rule,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "PrometheusRule"]
+    docs = yaml.safe_load_all(kustomize(MONITORING))
+    (rule,) = [d for d in docs if d and d["kind"] == "PrometheusRule"]
     return rule
 
 
@@ -112,7 +110,7 @@ def test_every_alert_says_what_it_means_and_what_to_do(rule):
 
 
 def test_readme_says_what_each_alert_means_and_what_to_do_first(rule):
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme.split("## Running it in production", 1)[1].split("\n## ", 1)[0]
     rows = {
         line.split("|")[1].strip(" `"): line for line in section.splitlines() if line[:1] == "|"

@@ -22,7 +22,6 @@ import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -32,18 +31,18 @@ from PIL import Image
 from serving.client import ColorizerClient, ServiceError
 from serving.runtime.constants import MODEL_NAME
 from tests.k8s.test_alerts import alerts, rendered_rule
+from tests.support.paths import K8S, TESTS
 from tests.support.photos import encode
-from tests.support.prometheus import running_prometheus
+from tests.support.prometheus import api_get, running_prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "k8s" / "monitoring"
+MONITORING = K8S / "monitoring"
 DASHBOARDS = {
     "colorizer": MONITORING / "dashboards" / "colorizer.json",
     "colorizer-gpu": MONITORING / "gpu" / "colorizer-gpu.json",
 }
-SYNTHETIC = Path(__file__).parent / "data" / "cluster_series.prom"
+SYNTHETIC = TESTS / "k8s" / "data" / "cluster_series.prom"
 POD = "colorizer-test-0"  # the pod label the ServiceMonitor would give the test server
 # Grafana's interval variables, as Grafana would fill them for a 1 s scrape interval.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "5s"}
@@ -93,7 +92,7 @@ def has_data(reply: dict) -> bool:
 
 
 @contextlib.contextmanager
-def static_exporter(path: Path):
+def static_exporter(path):
     """``path`` served over loopback HTTP: a scrape target with fixed series."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -209,14 +208,12 @@ def test_alert_rules_evaluate_on_the_real_series(prometheus, traffic):
     """Loaded into the Prometheus above, every rule evaluates without error, and every series
     name an alert selects exists there (a misspelt metric would make an alert silently
     never fire)."""
-    with urllib.request.urlopen(f"{prometheus}/api/v1/label/__name__/values", timeout=10) as r:
-        present = set(json.load(r)["data"])
+    present = set(api_get(prometheus, "/api/v1/label/__name__/values"))
     names = {n for a in alerts(rendered_rule()) for n in metric_names(a["expr"])}
     assert names <= present, sorted(names - present)
     deadline = time.monotonic() + 30
     while True:
-        with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as r:
-            groups = json.load(r)["data"]["groups"]
+        groups = api_get(prometheus, "/api/v1/rules")["groups"]
         rules = [rule for g in groups for rule in g["rules"]]
         if rules and all(rule.get("lastEvaluation", "").startswith("2") for rule in rules):
             break

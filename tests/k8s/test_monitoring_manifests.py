@@ -5,15 +5,15 @@ ConfigMaps the Grafana sidecar picks up, with the JSON files' bytes."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "k8s" / "monitoring"
-KUBECTL = ROOT / ".venv-tools" / "bin" / "kubectl"
+from tests.support.k8s import kustomize, run, tool
+from tests.support.paths import K8S
+
+MONITORING = K8S / "monitoring"
 # ConfigMap name -> the dashboard file it carries
 DASHBOARDS = {
     "colorizer-dashboard": MONITORING / "dashboards" / "colorizer.json",
@@ -22,12 +22,7 @@ DASHBOARDS = {
 
 
 def render(path: Path) -> list[dict]:
-    if not KUBECTL.exists():
-        pytest.fail(f"{KUBECTL} is missing: run `make k8s-tools` (make test does)")
-    cmd = [str(KUBECTL), "kustomize", str(path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
+    return [d for d in yaml.safe_load_all(kustomize(path)) if d]
 
 
 def overlaps(a: dict, b: dict) -> bool:
@@ -74,16 +69,15 @@ def test_dashboards_ship_as_configmaps_the_grafana_sidecar_loads(folder):
 def test_monitoring_lands_in_the_service_namespace_and_passes_checkov(tmp_path):
     """Applied beside an overlay, the alerts and dashboards go where the service is (not
     into kubectl's current namespace), and checkov finds nothing in them."""
-    namespace = yaml.safe_load((ROOT / "k8s" / "base" / "namespace.yaml").read_text())
+    namespace = yaml.safe_load((K8S / "base" / "namespace.yaml").read_text())
     for folder in (MONITORING, MONITORING / "gpu"):
         docs = render(folder)
         assert docs and all(
             d["metadata"].get("namespace") == namespace["metadata"]["name"] for d in docs
         ), folder
         (tmp_path / f"{folder.name}.yaml").write_text(yaml.safe_dump_all(docs))
-    checkov = ROOT / ".venv-tools" / "bin" / "checkov"
-    cmd = [str(checkov), "--skip-download", "-o", "json", "-d", str(tmp_path)]
-    done = subprocess.run([*cmd, "--framework", "kubernetes"], capture_output=True, text=True)
+    cmd = [tool("checkov"), "--skip-download", "-o", "json", "-d", str(tmp_path)]
+    done = run([*cmd, "--framework", "kubernetes"])
     summary = json.loads(done.stdout)["summary"]
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0, done.stdout[-3000:]
     assert summary["passed"] > 0

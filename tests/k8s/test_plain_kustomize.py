@@ -1,41 +1,20 @@
-"""The overlays render with kustomize's DEFAULT load restrictor, as `kubectl apply -k`, Argo CD
+"""The overlays render with kustomize's DEFAULT load restrictor (the ``rendered`` fixture of
+tests/k8s/conftest.py runs `kubectl kustomize` with no flags), as `kubectl apply -k`, Argo CD
 and Flux run it, and the TorchServe configuration the cluster gets is the one
 `colorizer serve` runs: same files, same keys, same values except the per-run overrides.
 """
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from serving.launcher import server
+from tests.support.k8s import run, tool
+from tests.support.paths import K8S, REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s"
-KUBECTL = ROOT / ".venv-tools" / "bin" / "kubectl"
-OVERLAYS = ("cpu", "gpu")
 CONFIGMAP = "colorizer-torchserve"
-
-
-def kustomize_plain(path: Path) -> subprocess.CompletedProcess:
-    """`kubectl kustomize PATH` with no flags at all."""
-    if not KUBECTL.exists():
-        pytest.fail(f"{KUBECTL} is missing: run `make k8s-tools` (make test does)")
-    cmd = [str(KUBECTL), "kustomize", str(path)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def plain() -> dict[str, list[dict]]:
-    out = {}
-    for overlay in OVERLAYS:
-        done = kustomize_plain(K8S / "overlays" / overlay)
-        assert done.returncode == 0, f"{overlay}: {done.stderr}"
-        out[overlay] = [d for d in yaml.safe_load_all(done.stdout) if d]
-    return out
 
 
 def torchserve_configmap(docs: list[dict]) -> dict:
@@ -62,8 +41,8 @@ def drift(served: str, deployed: str) -> list[str]:
     return sorted(k for k in keys if a.get(k) != b.get(k))
 
 
-def test_every_overlay_renders_without_flags(plain):
-    for overlay, docs in plain.items():
+def test_every_overlay_renders_without_flags(rendered):
+    for overlay, docs in rendered.items():
         kinds = {d["kind"] for d in docs}
         assert {"Deployment", "ConfigMap", "HorizontalPodAutoscaler"} <= kinds, overlay
         (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -81,11 +60,11 @@ def test_the_default_restrictor_is_on(tmp_path):
     (root / "kustomization.yaml").write_text(
         "configMapGenerator:\n  - name: x\n    files: [../outside.properties]\n"
     )
-    done = kustomize_plain(root)
+    done = run([tool("kubectl"), "kustomize", str(root)])
     assert done.returncode != 0 and "is not in or below" in done.stderr, done.stderr
 
 
-def test_configmap_carries_the_files_colorizer_serve_reads(plain):
+def test_configmap_carries_the_files_colorizer_serve_reads(rendered):
     """One source: the generator's files are the very files serve reads and the image
     copies, and the rendered ConfigMap holds their bytes."""
     launcher = yaml.safe_load((server.LAUNCHER_DIR / "kustomization.yaml").read_text())
@@ -94,22 +73,22 @@ def test_configmap_carries_the_files_colorizer_serve_reads(plain):
     sources = {server.LAUNCHER_DIR / f for f in generator["files"]}
     assert sources == {server.CONFIG_TEMPLATE, server.METRICS_CONFIG}
     dockerfile = (K8S / "Dockerfile").read_text()
-    copied = " ".join(str(p.relative_to(ROOT)) for p in sorted(sources))
+    copied = " ".join(str(p.relative_to(REPO)) for p in sorted(sources))
     assert f"COPY {copied} /home/model-server/serving/" in dockerfile
-    for overlay, docs in plain.items():
+    for overlay, docs in rendered.items():
         data = torchserve_configmap(docs)["data"]
         assert set(data) == {p.name for p in sources}, overlay
         for path in sources:
             assert data[path.name] == path.read_text(), f"{overlay}: {path.name}"
 
 
-def test_served_and_deployed_configuration_agree(plain, tmp_path):
+def test_served_and_deployed_configuration_agree(rendered, tmp_path):
     """What `colorizer serve` writes for a run differs from the ConfigMap only in the keys
     it overrides per run; metrics_config points at the same metrics.yaml."""
     overrides = server.config_overrides("127.0.0.1", server.Ports(), tmp_path)
     served = server.render_config(server.CONFIG_TEMPLATE.read_text(), overrides)
     assert Path(properties(served)["metrics_config"]) == server.METRICS_CONFIG
-    for overlay, docs in plain.items():
+    for overlay, docs in rendered.items():
         deployed = torchserve_configmap(docs)["data"]["config.properties"]
         assert drift(served, deployed) == [], overlay
 

@@ -31,16 +31,10 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
-def kustomize(overlay_dir: Path) -> str:
-    done = run(
-        [
-            tool("kubectl"),
-            "kustomize",
-            "--load-restrictor",
-            "LoadRestrictionsNone",
-            str(overlay_dir),
-        ]
-    )
+def kustomize(path: Path) -> str:
+    """`kubectl kustomize PATH` with no flags: kustomize's defaults, as `kubectl apply -k`,
+    Argo CD and Flux render it (the default load restrictor included)."""
+    done = run([tool("kubectl"), "kustomize", str(path)])
     assert done.returncode == 0, done.stderr
     return done.stdout
 
