@@ -105,9 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attempts",
         type=int,
-        default=RetryPolicy.attempts,
-        help="tries per photo when the service is busy or restarting: queue full, worker "
-        f"died, unreachable (default {RetryPolicy.attempts}; 1: no retries)",
+        help="at most this many tries per photo when the service is busy or restarting "
+        "(queue full, worker died, unreachable); default: retry until --timeout; 1: never",
     )
     p.set_defaults(func=run)
 
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         args.grpc,
         timeout=args.timeout,
         pool_size=max(1, args.concurrency),
-        retry=RetryPolicy(attempts=max(1, args.attempts)),
+        retry=RetryPolicy(attempts=None if args.attempts is None else max(1, args.attempts)),
     ) as client:
         failures = missing + colorize_files(
             client, pairs, args.out, args.format, args.quality, args.concurrency

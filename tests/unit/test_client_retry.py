@@ -85,6 +85,15 @@ def test_refusals_are_never_retried():
         assert raised.value is error and len(budgets) == 1 and fake.sleeps == []
 
 
+def test_without_an_attempt_bound_the_deadline_ends_the_retries():
+    fake = FakeTime()
+    call, budgets = flaky([busy() for _ in range(1000)])
+    with pytest.raises(ServiceError) as raised:
+        call_with_retries(call, 60.0, RetryPolicy(), clock=fake.clock, sleep=fake.sleep)
+    assert raised.value.kind == "queue_full" and 15 < len(budgets) < 60
+    assert fake.now < 60.0 and all(wait <= 4.0 for wait in fake.sleeps)
+
+
 def test_retry_after_is_honoured_and_the_deadline_is_kept():
     fake = FakeTime()
     call, _ = flaky([busy(retry_after=2.0)])
