@@ -92,6 +92,11 @@ class TrainConfig:
         choices=BACKBONE_BN,
     )
     epochs: int = option("total epochs", 10)
+    stop_after: int | None = option(
+        "end the run after this many epochs while the lr schedule still spans --epochs "
+        "(a cut budget; --resume last.pt with a larger value continues it)",
+        None,
+    )
     batch_size: int = option("per-process batch size", 16)
     lr: float = option("Adam learning rate", 1e-3)
     lr_schedule: str = option(
@@ -148,6 +153,18 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
         return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     choices = ", ".join(LR_SCHEDULES)
     raise ValueError(f"lr_schedule must be one of {choices}, got {cfg.lr_schedule!r}")
+
+
+def last_epoch(cfg: TrainConfig) -> int:
+    """One past the last epoch this invocation runs: --epochs, or --stop-after if smaller.
+
+    Raises ValueError for a --stop-after below 1.
+    """
+    if cfg.stop_after is None:
+        return cfg.epochs
+    if cfg.stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1 epoch, got {cfg.stop_after}")
+    return min(cfg.epochs, cfg.stop_after)
 
 
 def model_config(cfg: TrainConfig) -> ColorizerConfig:
@@ -383,7 +400,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
 
     record: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, last_epoch(cfg)):
         set_epoch(train_loader, epoch, cfg.seed)
         torch.manual_seed(cfg.seed * 1_000 + epoch * 16 + env.rank)  # dropout etc.: resumable
         ddp.train()

@@ -146,3 +146,14 @@ def test_backbone_lr_is_scaled_and_negative_refused():
     assert len(groups[1]["params"]) == len(list(model.backbone.parameters()))
     with pytest.raises(ValueError, match=">= 0"):
         param_groups(model, TrainConfig(data=Path("."), backbone_lr_scale=-1.0))
+
+
+def test_stop_after_cuts_the_run_not_the_schedule():
+    from training.train import last_epoch, lr_at
+
+    cfg = TrainConfig(data=Path("."), epochs=8, stop_after=3, lr_schedule="cosine")
+    assert last_epoch(cfg) == 3
+    assert lr_at(cfg, 3 / cfg.epochs) > 0.5 * cfg.lr  # still the 8-epoch cosine
+    assert last_epoch(TrainConfig(data=Path("."), epochs=2, stop_after=3)) == 2
+    with pytest.raises(ValueError, match=">= 1"):
+        last_epoch(TrainConfig(data=Path("."), stop_after=0))
