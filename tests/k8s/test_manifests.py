@@ -39,17 +39,19 @@ def test_every_overlay_renders_the_whole_service(rendered):
     expected = {
         "Namespace": 1,
         "ServiceAccount": 1,
-        "ConfigMap": 1,
+        "ConfigMap": 2,  # TorchServe's configuration, the Grafana dashboard
         "Service": 2,
         "Deployment": 1,
         "HorizontalPodAutoscaler": 1,
         "PodDisruptionBudget": 1,
         "NetworkPolicy": 1,
         "ServiceMonitor": 1,
+        "PrometheusRule": 1,
     }
     for overlay, docs in rendered.items():
         kinds = {k: len(objects(docs, k)) for k in {d["kind"] for d in docs}}
-        assert kinds == expected, overlay
+        gpu_dashboard = 1 if overlay == "gpu" else 0
+        assert kinds == {**expected, "ConfigMap": 2 + gpu_dashboard}, overlay
         assert not objects(docs, "Secret"), "no secrets in manifests"
         for d in docs:
             if d["kind"] != "Namespace":
@@ -158,9 +160,19 @@ def test_checkov_flags_an_insecure_pod(rendered, tmp_path):
     assert {"CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_28"} <= failed, failed
 
 
+def torchserve_configmap(docs: list[dict]) -> dict:
+    """The generated TorchServe ConfigMap (the others carry dashboards)."""
+    (cm,) = [
+        d
+        for d in objects(docs, "ConfigMap")
+        if "grafana_dashboard" not in d["metadata"].get("labels", {})
+    ]
+    return cm
+
+
 def test_configmap_is_generated_from_the_serving_files(rendered):
     for overlay, docs in rendered.items():
-        cm = one(docs, "ConfigMap")
+        cm = torchserve_configmap(docs)
         assert cm["metadata"]["name"].startswith("colorizer-torchserve-"), "content hash suffix"
         assert set(cm["data"]) == set(CONFIG_FILES), overlay
         for name in CONFIG_FILES:
@@ -182,7 +194,7 @@ def test_pod_reads_the_configmap_where_the_image_and_config_expect_it(rendered, 
     for overlay, docs in rendered.items():
         c = container(docs)
         assert c["workingDir"] == workdir
-        cm_name = one(docs, "ConfigMap")["metadata"]["name"]
+        cm_name = torchserve_configmap(docs)["metadata"]["name"]
         (volume,) = [v for v in pod_spec(docs)["volumes"] if "configMap" in v]
         assert volume["configMap"]["name"] == cm_name
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]

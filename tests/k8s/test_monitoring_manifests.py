@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.k8s import kustomize, run, tool
+from tests.support.k8s import kustomize, objects, one, run, tool
 from tests.support.paths import K8S
 
 MONITORING = K8S / "monitoring"
@@ -81,3 +81,27 @@ def test_monitoring_lands_in_the_service_namespace_and_passes_checkov(tmp_path):
     summary = json.loads(done.stdout)["summary"]
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0, done.stdout[-3000:]
     assert summary["passed"] > 0
+
+
+def test_every_overlay_ships_the_alerts_and_its_dashboards(rendered):
+    """`kubectl apply -k k8s/overlays/<overlay>` brings what to watch: the PrometheusRule of
+    k8s/monitoring (in the shape prometheus-operator reads; no schema is bundled for it) and
+    the dashboards, the GPU one on the gpu overlay only."""
+    (source,) = [d for d in render(MONITORING) if d["kind"] == "PrometheusRule"]
+    for overlay, docs in rendered.items():
+        rule = one(docs, "PrometheusRule", "colorizer")
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert rule["spec"] == source["spec"], overlay
+        assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        for group in rule["spec"]["groups"]:
+            assert set(group) == {"name", "rules"}, group.keys()
+            for r in group["rules"]:
+                assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r.keys()
+                assert r["alert"] and r["expr"].strip(), r
+        dashboards = {
+            d["metadata"]["name"]
+            for d in objects(docs, "ConfigMap")
+            if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        }
+        gpu = {"colorizer-dashboard-gpu"} if overlay == "gpu" else set()
+        assert dashboards == {"colorizer-dashboard", *gpu}, overlay

@@ -15,7 +15,8 @@ from tests.support.paths import K8S, LAUNCHER, TOOLS
 OVERLAYS = ("cpu", "gpu")
 # Oldest and newest Kubernetes the manifests are validated against.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-CRD_KINDS = {"ServiceMonitor"}  # no bundled schema: checked structurally
+# prometheus-operator's kinds: no bundled schema; checked structurally (tests/k8s)
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 MANAGEMENT_PORTS = {C.MANAGEMENT_PORT, C.GRPC_MANAGEMENT_PORT}
 CONFIG_FILES = ("config.properties", "metrics.yaml")  # the files the ConfigMap carries
 
