@@ -166,8 +166,10 @@ def _lab_f_inv_smooth(f: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _rgb_from_xyz() -> tuple[tuple[float, ...], ...]:
-    return tuple(map(tuple, torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64))))
+def _rgb_from_xyz_over_white() -> tuple[tuple[float, ...], ...]:
+    """XYZ -> linear RGB with the white point folded in: applied to (X/Xn, Y/Yn, Z/Zn)."""
+    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64))
+    return tuple(map(tuple, inverse * torch.tensor(_WHITE_D65, dtype=torch.float64)))
 
 
 def lab_to_srgb8_keep_lightness(
@@ -189,17 +191,17 @@ def lab_to_srgb8_keep_lightness(
     fy = torch.add(lightness, 16.0, out=xyz[1]).div_(116.0)
     torch.div(ab[0], 500.0, out=xyz[0]).add_(fy)
     torch.div(ab[1], -200.0, out=xyz[2]).add_(fy).clamp_(min=0.0)
-    xyz = _lab_f_inv_smooth(xyz)
+    xyz = _lab_f_inv_smooth(xyz)  # X/Xn, Y, Z/Zn
     gray = xyz[1].clamp(0.0, 1.0)  # Y: the luminance, kept
-    xyz[0].mul_(_WHITE_D65[0])
-    xyz[2].mul_(_WHITE_D65[2])
-    matrix = torch.tensor(_rgb_from_xyz(), dtype=xyz.dtype, device=xyz.device)
+    matrix = torch.tensor(_rgb_from_xyz_over_white(), dtype=xyz.dtype, device=xyz.device)
     chroma = (matrix @ xyz.view(3, -1)).view(3, rows, width).sub_(gray)  # linear RGB - gray
     inv_abs = chroma.abs().clamp_(min=1e-12).reciprocal_()
     inv = chroma * inv_abs * inv_abs  # 1 / chroma, finite
     room = inv.mul_(0.5 - gray).add_(inv_abs, alpha=0.5)
-    scale = room.amin(dim=0).clamp_(max=1.0)
-    linear = chroma.mul_(scale).add_(gray).clamp_(0.0, 1.0).mul_(LINEAR_LEVELS - 1).round_()
-    index = linear.to(torch.int32)
+    # Table index: round((gray + scale * chroma) * top), clipped to the table.
+    top = LINEAR_LEVELS - 1
+    scale = room.amin(dim=0).clamp_(max=1.0).mul_(top)
+    linear = chroma.mul_(scale).add_(gray.mul_(top).add_(0.5)).clamp_(0.0, top)
+    index = linear.to(torch.int32)  # truncates: the 0.5 above rounds
     for channel in range(3):
         torch.index_select(srgb8, 0, index[channel].view(-1), out=out[channel].view(-1))

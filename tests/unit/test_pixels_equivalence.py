@@ -152,3 +152,23 @@ def test_cuda_matches_the_cpu(pipeline):
     cuda = ColorizePipeline.load(MODEL, "cuda", "fp32")
     data = TEST_PHOTOS[0].read_bytes()
     assert far_fraction(new_colorize(cuda, data), new_colorize(pipeline, data)) <= MAX_FAR_FRACTION
+
+
+def test_8_bit_lab_to_rgb_matches_the_float_function():
+    """Random Lab, most of it outside the sRGB gamut: the strip function and
+    ``lab_to_rgb_keep_lightness`` differ by at most one level anywhere."""
+    from serving.runtime.colorspace import lab_to_srgb8_keep_lightness, linear_to_srgb8_table
+
+    gen = torch.Generator().manual_seed(0)
+    lab = torch.stack(
+        (
+            torch.rand(300, 400, generator=gen) * 100,
+            torch.randn(300, 400, generator=gen) * 60,
+            torch.randn(300, 400, generator=gen) * 60,
+        )
+    )
+    ref = (lab_to_rgb_keep_lightness(lab).clamp(0, 1) * 255).round().to(torch.uint8)
+    out = torch.empty(3, 300, 400, dtype=torch.uint8)
+    lab_to_srgb8_keep_lightness(lab[0].clone(), lab[1:].clone(), out, linear_to_srgb8_table())
+    diff = (out.int() - ref.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
