@@ -9,8 +9,15 @@ One request is one photo:
 
 Every request gets its own status code and Content-Type. A bad photo fails only its own
 request, with the JSON body of ``serving.runtime.errors.error_response``; the worker never dies
-on bad input. TorchServe's gRPC frontend (0.12) ignores per-request status codes: there
-an error arrives as a successful call whose ``prediction`` holds that JSON body.
+on bad input.
+
+gRPC: TorchServe's gRPC frontend (0.12) ignores per-request status codes; it turns only a
+failure of the whole batch (``PredictionException`` with an HTTP code) into a gRPC status
+(400 INVALID_ARGUMENT, 413 RESOURCE_EXHAUSTED, 500 INTERNAL). So when every request of a
+batch came over gRPC and all failed with the same error (always so for a request batched
+alone), the handler fails the batch with that status and the JSON body as the message. A
+bad gRPC request batched with good ones, or with REST requests, cannot get a status of its
+own without failing the others: it completes OK with the JSON body as its ``prediction``.
 
 TorchServe imports this file as a module and requires exactly one class in it.
 """
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
+from ts.utils.util import PredictionException
 
 import serving
 from serving.runtime.constants import (
@@ -104,6 +112,34 @@ def request_header(context: Any, idx: int, name: str) -> str | None:
     return None
 
 
+def is_grpc(context: Any, idx: int) -> bool:
+    """True when request ``idx`` came over gRPC: only REST requests carry HTTP headers.
+
+    TorchServe passes every HTTP header of a REST request (there is always at least
+    Content-Length or Host) as a string; a gRPC ``Predictions`` request has none, only
+    the per-input entries (dicts of the input's content type).
+    """
+    headers = context.get_all_request_header(idx)
+    return not any(isinstance(value, str) for value in headers.values())
+
+
+def grpc_batch_failure(context: Any, responses: list[bytes | None]) -> tuple[int, bytes] | None:
+    """(HTTP status, JSON body) to fail the whole batch with, so gRPC callers get a status.
+
+    Only when every request came over gRPC and all failed with one identical answer: a
+    batch failure gives each of its callers the same code and message, so it must not
+    touch a success, a REST caller (TorchServe would replace our JSON body) or a
+    different error.
+    """
+    answers = set()
+    for idx, body in enumerate(responses):
+        status = context.get_response_status(idx)[0]
+        if status is None or status < 400 or not is_grpc(context, idx):
+            return None
+        answers.add((status, body))
+    return answers.pop() if len(answers) == 1 else None
+
+
 def record(context: Any, name: str, value: float, unit: str, kind: str, **dims: str) -> None:
     """Emit one custom metric; dimensions ``dims`` + ModelName + Level, as metrics.yaml declares."""
     if context.metrics is None:
@@ -171,6 +207,10 @@ class ColorizerHandler:
                     responses[idx] = self.fail(context, idx, exc)
             else:
                 self.postprocess(jobs, colorized, context, responses)
+        failure = grpc_batch_failure(context, responses)
+        if failure is not None:  # TorchServe maps the code to a gRPC status (GRPCUtils)
+            status, body = failure
+            raise PredictionException(body.decode("utf-8"), status)
         return [b"" if body is None else body for body in responses]
 
     def preprocess(

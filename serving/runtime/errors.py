@@ -50,10 +50,11 @@ class ImageTooLarge(ColorizerError):
     http_status = 413
 
 
-# HTTP status -> gRPC status code name, for clients and documentation. TorchServe
-# 0.12's gRPC frontend does not apply the status the handler sets per request (it does
-# for REST): a refused gRPC request completes OK with the JSON error body as its
-# prediction, and serving.client raises it as an error with this mapping's meaning.
+# HTTP status -> gRPC status code, the same as TorchServe 0.12's own table
+# (org.pytorch.serve.util.GRPCUtils), which applies it when the handler fails a whole batch:
+# the handler does so for gRPC batches whose requests all failed alike (a request batched
+# alone always), with the JSON body as the status message. A bad gRPC request batched with
+# good ones completes OK with the JSON body as its prediction (see handlers/).
 GRPC_CODE_FOR_HTTP = {400: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
 
 ERROR_KINDS = tuple(

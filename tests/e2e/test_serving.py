@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from serving.cli import main as cli
 from serving.client import ColorizerClient, ServiceError
 from serving.launcher.server import LAUNCHER_DIR
 from serving.runtime.constants import MODEL_NAME, REQUEST_RATE_PROMQL
+from serving.runtime.errors import GRPC_CODE_FOR_HTTP
 from tests.support.photos import encode, mean_abs_l_diff, open_image, photo_paths, synthetic_photo
 from tests.support.prometheus import instant_query, log_tail, running_prometheus
 
@@ -176,13 +178,55 @@ def test_bad_input_bodies_on_the_wire(server, stubs, bad_inputs):
         assert resp.status_code == status, name
         assert resp.headers["Content-Type"] == "application/json", name
         assert set(resp.json()) == {"error", "message"} and resp.json()["error"] == kind, name
+    # A plain stub generated from TorchServe's proto: a request refused alone ends with a
+    # real status; its message is the JSON body (TorchServe appends a line of its own).
+    limits = [("grpc.max_send_message_length", 100 << 20)]
+    with grpc.insecure_channel(server.grpc, options=limits) as channel:
+        inference = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        for name, (body, options, status, kind) in bad_inputs.items():
+            inputs = {"data": body, "format": options.get("fmt"), "quality": options.get("quality")}
+            inputs = {
+                k: v if k == "data" else str(v).encode() for k, v in inputs.items() if v is not None
+            }
+            request = stubs.inference_pb2.PredictionsRequest(model_name=MODEL_NAME, input=inputs)
+            with pytest.raises(grpc.RpcError) as refused:
+                inference.Predictions(request, timeout=60)
+            assert refused.value.code().name == GRPC_CODE_FOR_HTTP[status], name
+            message = json.loads(refused.value.details().split("\n")[0])
+            assert set(message) == {"error", "message"} and message["error"] == kind, name
+
+
+def test_grpc_bad_requests_batched_with_good_ones(server, stubs, photo):
+    """What a plain gRPC stub sees for a bad photo sent while good ones are in flight.
+
+    TorchServe 0.12 gives gRPC a status only for a failure of the whole batch: a bad
+    request batched with good ones ends OK, its prediction the JSON error body (an image
+    never starts with "{"); batched alone (or with equally bad gRPC ones) it ends
+    INVALID_ARGUMENT. The good ones always succeed.
+    """
+    good = encode(synthetic_photo(64, 48), "JPEG")
+    jobs = [b"junk" if i % 4 == 0 else good for i in range(48)]
     with grpc.insecure_channel(server.grpc) as channel:
         inference = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-        reply = inference.Predictions(
-            stubs.inference_pb2.PredictionsRequest(model_name=MODEL_NAME, input={"data": b"x"})
-        )
-    body = json.loads(reply.prediction)  # TorchServe's gRPC frontend drops the status code
-    assert set(body) == {"error", "message"} and body["error"] == "not_an_image"
+
+        def one(data: bytes) -> tuple[str, bytes]:
+            request = stubs.inference_pb2.PredictionsRequest(
+                model_name=MODEL_NAME, input={"data": data}
+            )
+            try:
+                return "OK", inference.Predictions(request, timeout=120).prediction
+            except grpc.RpcError as exc:
+                return exc.code().name, exc.details().encode()
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(one, jobs))
+    bad = [answer for data, answer in zip(jobs, answers, strict=True) if data == b"junk"]
+    good_answers = [answer for data, answer in zip(jobs, answers, strict=True) if data == good]
+    assert all(code == "OK" and not body.startswith(b"{") for code, body in good_answers)
+    for code, body in bad:
+        assert code in ("OK", "INVALID_ARGUMENT"), (code, body)
+        assert json.loads(body.split(b"\n")[0])["error"] == "not_an_image"
+    print(f"\nbad gRPC requests among good ones: {Counter(code for code, _ in bad)}")
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -211,7 +255,7 @@ def test_metrics_endpoint_moves_with_requests(server, clients, photo):
     ]
     before = scrape(server.metrics)
     clients["rest"].colorize(photo)
-    for protocol in PROTOCOLS:  # Requests4XX counts REST only: gRPC calls end OK
+    for protocol in PROTOCOLS:  # Requests4XX counts REST calls only
         with pytest.raises(ServiceError):
             clients[protocol].colorize(b"not an image")
     deadline = time.monotonic() + 15  # the frontend reads worker metrics asynchronously

@@ -42,11 +42,23 @@ def param(name: str, value, content_type: str = "") -> dict:
     return {"name": name, "contentType": content_type, "value": value}
 
 
+# A REST request always carries HTTP headers (TorchServe passes them all; Netty sets
+# Content-Length); a gRPC one carries none.
+REST_HEADERS = {"Host": "127.0.0.1:8080", "Content-Length": "0"}
+
+
 def request(*params: dict, headers: dict[str, str] | None = None) -> dict:
+    """A REST request: ``headers`` beside the ones every REST request has."""
+    headers = {**REST_HEADERS, **(headers or {})}
     return {
-        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in (headers or {}).items()],
+        "headers": [{"name": k.encode(), "value": v.encode()} for k, v in headers.items()],
         "parameters": list(params),
     }
+
+
+def grpc_request(*params: dict) -> dict:
+    """A gRPC ``Predictions`` request: input keys only, no headers."""
+    return {"headers": [], "parameters": list(params)}
 
 
 class Harness:
@@ -72,11 +84,17 @@ class Harness:
         self.outputs = self.handler.handle(data, context)
         return self.outputs
 
-    def run(self, *requests: dict) -> list[Response]:
+    def predict(self, *requests: dict) -> tuple[int, str]:
+        """The worker's answer for the batch: (batch status code, batch message)."""
         batch = [{"requestId": f"r{i}".encode(), **r} for i, r in enumerate(requests)]
         self.outputs = None
-        self.service.predict(batch)
-        assert self.outputs is not None, "the handler raised; TorchServe would answer 503"
+        answer = bytes(self.service.predict(batch))
+        length = int.from_bytes(answer[4:8], "big")
+        return int.from_bytes(answer[:4], "big", signed=True), answer[8 : 8 + length].decode()
+
+    def run(self, *requests: dict) -> list[Response]:
+        code, message = self.predict(*requests)
+        assert self.outputs is not None and code == 200, f"the batch failed: {code} {message}"
         ctx = self.service.context
         return [
             Response(ctx.get_response_status(i)[0], ctx.get_response_content_type(i), body)
@@ -258,6 +276,50 @@ def test_inference_failure_fails_its_batch_not_the_worker(model_dir, photo, monk
     monkeypatch.undo()
     (resp,) = harness.run(request(param("data", photo)))
     assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("image", "status", "kind"),
+    [(b"junk", 400, "not_an_image"), (b"", 400, "empty_input"), ("big", 413, "image_too_large")],
+)
+def test_a_lone_failed_grpc_request_fails_its_batch_with_its_status(
+    model_dir, photo, image, status, kind
+):
+    """TorchServe turns a batch failure's code into the gRPC status (400 INVALID_ARGUMENT,
+    413 RESOURCE_EXHAUSTED); the message is the JSON body REST callers get."""
+    harness = Harness(model_dir, {"max_pixels": 10_000})
+    image = photo if image == "big" else image
+    code, message = harness.predict(grpc_request(param("data", image)))
+    assert code == status and json.loads(message)["error"] == kind
+    assert json.loads(message)["message"]
+
+
+def test_grpc_inference_failure_is_a_500_batch_failure(model_dir, photo, monkeypatch):
+    harness = Harness(model_dir)
+    monkeypatch.setattr(harness.handler.pipeline, "infer", lambda batch: 1 / 0)
+    code, message = harness.predict(grpc_request(param("data", photo)))
+    assert (code, json.loads(message)["error"]) == (500, "internal")
+
+
+def test_grpc_batches_fail_whole_only_when_every_request_failed_alike(harness, photo):
+    junk = grpc_request(param("data", b"junk"))
+    code, message = harness.predict(junk, junk)  # the same answer for each caller
+    assert code == 400 and json.loads(message)["error"] == "not_an_image"
+    # A different error each, a success, or a REST caller in the batch: per request
+    # (a bad gRPC request then completes OK with the JSON body as its prediction).
+    for batch in (
+        [junk, grpc_request(param("data", b""))],
+        [junk, grpc_request(param("data", photo))],
+        [junk, request(param("body", b"junk", "application/octet-stream"))],
+    ):
+        responses = harness.run(*batch)
+        assert responses[0].status == 400 and responses[0].json()["error"] == "not_an_image"
+        assert [r.status for r in responses[1:]] in ([400], [200])
+
+
+def test_a_lone_bad_rest_request_never_fails_the_batch(harness):
+    (resp,) = harness.run(request(param("body", b"junk", "application/octet-stream")))
+    assert resp.status == 400 and resp.json()["error"] == "not_an_image"
 
 
 def _metric_lines(caplog) -> list[str]:
