@@ -16,6 +16,10 @@ from serving.runtime.errors import ColorizerError
 DEFAULT_URL = f"http://127.0.0.1:{HTTP_PORT}"
 DEFAULT_TIMEOUT_S = 120.0
 MAX_MESSAGE_BYTES = 100 * 2**20  # = max_request_size in serving/launcher/config.properties
+# TorchServe's message when the worker running a request died. The status beside it depends
+# on whether the frontend already saw the worker's exit code: 507 (REST) / RESOURCE_EXHAUSTED
+# (gRPC) for a killed worker, else 500 / INTERNAL (seen both from one kill -9 of two workers).
+WORKER_DIED = "Worker died."
 # Error kind -> HTTP status, from the server's own typed errors (gRPC carries only the kind).
 STATUS_OF_KIND = {
     cls.kind: cls.http_status for cls in (ColorizerError, *ColorizerError.__subclasses__())

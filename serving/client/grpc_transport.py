@@ -14,6 +14,7 @@ import grpc
 import protos
 from serving.client.base import (
     MAX_MESSAGE_BYTES,
+    WORKER_DIED,
     Colorized,
     ServiceError,
     refusal_from_json,
@@ -32,13 +33,13 @@ HTTP_OF_GRPC_CODE = {
 # worth the same (idempotent) call again (serving/client/retry.py):
 # - UNAVAILABLE: the server is unreachable, or grpc-java reset a call in flight on a
 #   connection at its max age (grpc/grpc-java#9566; 3 of 176 calls at 4 in flight here);
-# - the worker serving the call died: "Worker died." with INTERNAL, or RESOURCE_EXHAUSTED
-#   when the worker was killed (exit 137 is reported as 413; REST says 507);
+# - the worker serving the call died: "Worker died." with RESOURCE_EXHAUSTED when the
+#   frontend saw exit code 137 (kill -9; reported as 413; REST says 507), else INTERNAL;
 # - the queue is full: INTERNAL "Model ... has no worker to serve inference request"
 #   (REST says 503).
 # Our own refusals (the JSON error body as the message) are never retried.
 TRANSIENT_MESSAGES = {
-    "Worker died.": (507, "worker_died"),
+    WORKER_DIED: (507, "worker_died"),
     "has no worker to serve inference request": (503, "queue_full"),
 }
 

@@ -12,10 +12,17 @@ import time
 
 import requests
 
-from serving.client.base import Colorized, ServiceError, error_from_body, sniff_content_type
+from serving.client.base import (
+    WORKER_DIED,
+    Colorized,
+    ServiceError,
+    error_from_body,
+    sniff_content_type,
+)
 
 # Statuses worth the same call again (serving/client/retry.py): TorchServe answers 503 when
-# the model's queue is full and 507 when the worker serving the request died (it restarts).
+# the model's queue is full and 507 when the worker serving the request died (it restarts);
+# a worker death can also come as 500 "Worker died." (see WORKER_DIED), retried as well.
 RETRY_STATUSES = frozenset({503, 507})
 
 
@@ -59,12 +66,13 @@ class RestTransport:
         except requests.RequestException as exc:  # refused or reset: a restart, a new pod
             raise ServiceError(503, "unavailable", f"{endpoint}: {exc}", retryable=True) from exc
         if resp.status_code != 200:
-            raise error_from_body(
+            error = error_from_body(
                 resp.status_code,
                 resp.content,
-                retryable=resp.status_code in RETRY_STATUSES,
                 retry_after=retry_after_s(resp.headers.get("Retry-After")),
             )
+            error.retryable = resp.status_code in RETRY_STATUSES or error.message == WORKER_DIED
+            raise error
         content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         return Colorized(resp.content, content_type or sniff_content_type(resp.content))
 

@@ -9,7 +9,8 @@ except the worker restart bound the issue sets (30 s).
 
 What TorchServe 0.12 answers, read here: a full queue is REST 503 JSON and gRPC INTERNAL;
 a killed worker fails the batch it was running with REST 507 "Worker died." and gRPC
-RESOURCE_EXHAUSTED; ColorizerClient retries all of these (serving/client/retry.py).
+RESOURCE_EXHAUSTED (500 / INTERNAL when the frontend has not seen the exit code yet);
+ColorizerClient retries all of these (serving/client/retry.py).
 SIGTERM lets gRPC calls in flight finish but closes REST connections, in flight or not.
 """
 
@@ -281,9 +282,10 @@ def test_kill_9_of_a_worker_under_load(server, photo):
     # raw callers: only what the dead worker was running fails, each with a clear error
     assert len(traffic.raw_failures) <= per_kind and len(traffic.stub_failures) <= per_kind
     for status, body in traffic.raw_failures:
-        assert status == 507 and body.get("message") == "Worker died.", (status, body)
-    for code, details in traffic.stub_failures:  # TorchServe reports exit 137 as 413
-        assert code == "RESOURCE_EXHAUSTED" and details.startswith("Worker died."), details
+        assert status in (500, 507) and body.get("message") == "Worker died.", (status, body)
+    for code, details in traffic.stub_failures:  # exit 137 is reported as 413, else 500
+        assert code in ("RESOURCE_EXHAUSTED", "INTERNAL"), (code, details)
+        assert details.startswith("Worker died."), details
 
 
 def test_sigterm_lets_grpc_calls_in_flight_finish(server, stubs):

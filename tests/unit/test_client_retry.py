@@ -21,7 +21,7 @@ from serving.client import ColorizerClient, RetryPolicy, ServiceError
 from serving.client.grpc_transport import error_from_rpc
 from serving.client.rest import retry_after_s
 from serving.client.retry import call_with_retries
-from tests.serving_support import encode, synthetic_photo
+from tests.support.photos import encode, synthetic_photo
 
 PNG = encode(synthetic_photo(8, 8), "PNG")
 NOT_AN_IMAGE = json.dumps({"error": "not_an_image", "message": "the body is not an image"})
@@ -206,6 +206,19 @@ def test_rest_retries_503_and_507_honouring_retry_after(rest_server):
     with ColorizerClient(url, timeout=10) as client:
         assert client.colorize(b"\xff\xd8").content_type == "image/png"
     assert script.calls == 3 and client.retries == 2
+
+
+def test_rest_500_is_retried_only_when_torchserve_says_the_worker_died(rest_server):
+    url, script = rest_server
+    json_type = {"Content-Type": "application/json"}
+    internal = json.dumps({"error": "internal", "message": "see server logs"}).encode()
+    script.answers = [
+        (500, json_type, ts_error(500, "InternalServerException", "Worker died.")),
+        (500, json_type, internal),
+    ]
+    with ColorizerClient(url, timeout=10) as client, pytest.raises(ServiceError) as failed:
+        client.colorize(b"\xff\xd8")
+    assert (failed.value.status, failed.value.kind, script.calls) == (500, "internal", 2)
 
 
 def test_rest_4xx_is_never_retried(rest_server):
