@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from training.model import ColorizerConfig
+from training.train import TrainConfig
 
 TINY = ColorizerConfig(
     backbone="mobilenetv3_small_050",
@@ -32,3 +33,19 @@ def export_test_model(path: Path, preset_name: str = "compact") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     export(Colorizer(config), path)
     return path
+
+
+def quick_train_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    """A training run of a few steps on CPU in fp32: what the training tests vary from."""
+    base = dict(
+        data=data,
+        out=out,
+        val_fraction=0.25,
+        epochs=2,
+        batch_size=2,
+        workers=0,
+        precision="fp32",
+        max_steps_per_epoch=2,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **overrides})

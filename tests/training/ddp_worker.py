@@ -1,25 +1,14 @@
-"""Run by tests/training/test_train.py under torchrun: train a few steps, dump this rank's weights."""
+"""Run by tests/training/test_train.py under torchrun: a few steps; dump this rank's weights."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from training.train import TrainConfig, train
+from tests.support.models import quick_train_config
+from training.train import train
 
 if __name__ == "__main__":
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    result = train(
-        TrainConfig(
-            data=data,
-            out=out,
-            val_fraction=0.25,
-            epochs=1,
-            batch_size=2,
-            workers=0,
-            precision="fp32",
-            max_steps_per_epoch=2,
-            progress=False,
-        )
-    )
+    result = train(quick_train_config(data, out, epochs=1))
     torch.save(result.model.state_dict(), out / f"rank{result.rank}.pt")

@@ -7,11 +7,12 @@ import torch
 
 from serving.runtime.colorspace import rgb_to_lab
 from serving.runtime.model_spec import ModelSpec
+from tests.support.models import quick_train_config
 from training.ab_bins import annealed_mean, gamut_bin_centers, nearest_bin, rebalance_weights
 from training.export import export, random_inputs
 from training.model import PRESETS, Colorizer
 from training.synth import write_dataset
-from training.train import TrainConfig, loss_fn, train
+from training.train import loss_fn, train
 
 SPEC = ModelSpec()
 
@@ -76,11 +77,15 @@ def test_classification_training_sets_rebalancing_weights(tmp_path):
     data = tmp_path / "data"
     write_dataset(data, 6, seed=0)
     result = train(
-        TrainConfig(
-            data=data, out=tmp_path / "run", val_fraction=0.3, head="classification", epochs=1,
-            batch_size=2, workers=0, precision="fp32", max_steps_per_epoch=1, progress=False,
+        quick_train_config(
+            data,
+            tmp_path / "run",
+            val_fraction=0.3,
+            head="classification",
+            epochs=1,
+            max_steps_per_epoch=1,
         )
-    )  # fmt: skip
+    )
     weights = result.model.class_weights
     assert not torch.equal(weights, torch.ones_like(weights))  # computed from the data
     assert result.record["head"] == "classification"

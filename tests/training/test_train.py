@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.models import quick_train_config
 from training.checkpoint import load_checkpoint
 from training.synth import write_dataset
 from training.train import TrainConfig, lr_at, train
@@ -23,23 +24,8 @@ def synth_data(tmp_path_factory):
     return folder
 
 
-def _cfg(data, out, **kw):
-    base = dict(
-        data=data,
-        out=out,
-        val_fraction=0.25,
-        epochs=2,
-        batch_size=2,
-        workers=0,
-        precision="fp32",
-        max_steps_per_epoch=2,
-        progress=False,
-    )
-    return TrainConfig(**{**base, **kw})
-
-
 def test_train_logs_checkpoints_and_resumes_exactly(synth_data, tmp_path):
-    straight = train(_cfg(synth_data, tmp_path / "straight"))
+    straight = train(quick_train_config(synth_data, tmp_path / "straight"))
     log = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
     for record in log:
@@ -50,9 +36,11 @@ def test_train_logs_checkpoints_and_resumes_exactly(synth_data, tmp_path):
     assert ckpt["epoch"] == 1 and ckpt["optimizer"] is not None
     assert (tmp_path / "straight" / "best.pt").is_file()
 
-    train(_cfg(synth_data, tmp_path / "part", epochs=1))
+    train(quick_train_config(synth_data, tmp_path / "part", epochs=1))
     resumed = train(
-        _cfg(synth_data, tmp_path / "part", resume=tmp_path / "part" / "last.pt", epochs=2)
+        quick_train_config(
+            synth_data, tmp_path / "part", resume=tmp_path / "part" / "last.pt", epochs=2
+        )
     )
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
@@ -73,14 +61,16 @@ def test_lr_schedules():
 
 
 def test_cosine_run_ends_at_zero_learning_rate(synth_data, tmp_path):
-    train(_cfg(synth_data, tmp_path / "cos", lr_schedule="cosine"))
+    train(quick_train_config(synth_data, tmp_path / "cos", lr_schedule="cosine"))
     log = [json.loads(x) for x in (tmp_path / "cos" / "log.jsonl").read_text().splitlines()]
     assert log[0]["lr"] == pytest.approx(5e-4) and log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_training_moves_the_weights(synth_data, tmp_path):
-    result = train(_cfg(synth_data, tmp_path / "a", epochs=1, seed=1))
-    fresh = train(_cfg(synth_data, tmp_path / "b", epochs=1, seed=1, max_steps_per_epoch=0))
+    result = train(quick_train_config(synth_data, tmp_path / "a", epochs=1, seed=1))
+    fresh = train(
+        quick_train_config(synth_data, tmp_path / "b", epochs=1, seed=1, max_steps_per_epoch=0)
+    )
     moved = [
         not torch.equal(v, fresh.model.state_dict()[k])
         for k, v in result.model.state_dict().items()
