@@ -10,7 +10,14 @@
 2. In-process throughput at 512x512 with ``--parallel`` pipelines at once (one process
    each, ``--threads`` torch threads): what the cores can do without a server.
 3. With ``--served``: a running service's throughput over REST and gRPC at each
-   ``--concurrency`` on the same 512x512 photo, and served / in-process.
+   ``--concurrency`` on the same photo, and served / in-process (in-process measured
+   before and after the served runs; their mean).
+4. With ``--server-state`` (the state folder of a `colorizer serve` on this machine): the
+   same ratio from CPU time instead of wall time. On C dedicated cores a run takes at
+   least (CPU seconds of all processes) / C and at least the busiest single-threaded
+   worker's CPU seconds; images over that bound is what the server (or the in-process
+   pipelines) would reach on dedicated cores. A profile that leaves a worker idle shows
+   in it; the load other users put on a shared machine mostly does not.
 
 Timings on a shared machine are noisy: read the ratios, which come from one run.
 Run it with the threads the server uses, e.g. ``OMP_NUM_THREADS=1 colorizer pipeline-bench``.
@@ -46,18 +53,20 @@ def photo_shape(megapixels: float) -> tuple[int, int]:
     return width, round(width * 3 / 4)
 
 
-def gray_jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    """A synthetic gray JPEG (quality 90) that compresses like a photo, built row block by
-    row block so a 40 MP one costs the benchmark little memory."""
+def gray_jpeg(width: int, height: int, seed: int = 0, color: bool = False) -> bytes:
+    """A synthetic gray (or faded color) JPEG, quality 90, that compresses like a photo,
+    built row block by row block so a 40 MP one costs the benchmark little memory."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    img = Image.new("L", (width, height))
+    img = Image.new("RGB" if color else "L", (width, height))
     xx = np.arange(width, dtype=np.float32)[None] / width
     for y0 in range(0, height, 512):
         yy = np.arange(y0, min(y0 + 512, height), dtype=np.float32)[:, None] / height
         rows = 0.45 + 0.35 * np.sin(8 * xx * yy + 3 * xx) + rng.normal(0, 0.02, (len(yy), width))
+        if color:  # a faded tint that varies across the photo
+            rows = np.stack((rows, rows * (0.9 + 0.1 * xx), rows * (0.8 + 0.2 * yy)), axis=-1)
         block = Image.fromarray((np.clip(rows, 0, 1) * 255).astype(np.uint8))
         img.paste(block, (0, y0))
     buf = io.BytesIO()
@@ -212,14 +221,15 @@ def _pipeline_worker(model: str, device: str, precision: str, threads: int, data
 
     for _ in range(3):
         once()
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     for _ in range(n):
         once()
-    return start, time.time()
+    return start, time.time(), time.process_time() - cpu
 
 
-def in_process_throughput(args: argparse.Namespace, data: bytes) -> float:
-    """Images/s of ``--parallel`` pipelines in separate processes on the same photo."""
+def in_process_throughput(args: argparse.Namespace, data: bytes) -> tuple[float, float]:
+    """(images/s of ``--parallel`` pipelines in separate processes on the same photo, the
+    images/s they would reach on dedicated cores from their CPU time, as for a server)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -227,21 +237,65 @@ def in_process_throughput(args: argparse.Namespace, data: bytes) -> float:
     with ctx.Pool(args.parallel) as pool:
         spans = pool.starmap(_pipeline_worker, [work] * args.parallel)
     # Count only the time all of them ran together-ish: first start to last end.
-    elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
-    return args.parallel * args.requests / elapsed
+    elapsed = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    images = args.parallel * args.requests
+    cpu = [c for _, _, c in spans]
+    dedicated = images / max(sum(cpu) / (os.cpu_count() or 1), max(cpu))
+    return images / elapsed, dedicated
 
 
-def served_throughput(protocol: str, target: str, data: bytes, requests: int, conc: int) -> float:
-    """Images/s of a running service with ``conc`` requests in flight (JPEG out)."""
+def server_cpu_seconds(state_dir: Path | None) -> dict[int, tuple[bool, float]] | None:
+    """CPU seconds used so far by each process of the server `colorizer serve --state-dir`
+    started: pid -> (is a worker, seconds); None without a state folder."""
+    if state_dir is None:
+        return None
+    import psutil
+
+    launcher = json.loads((state_dir / "server.json").read_text())["launcher_pid"]
+    root = psutil.Process(launcher)
+    used = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            worker = "model_service_worker" in " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        used[proc.pid] = (worker, times.user + times.system)
+    return used
+
+
+def dedicated_cores_img_s(before: dict, after: dict, images: int) -> tuple[float, float]:
+    """(server CPU seconds per image, images/s the server would reach on dedicated cores).
+
+    On ``os.cpu_count()`` dedicated cores the run takes at least the server's CPU time over
+    the cores, and at least the busiest single-threaded worker's CPU time: a profile that
+    leaves one worker idle shows here as well as in wall time, and a shared machine's load
+    does not.
+    """
+    spent = {pid: after[pid][1] - before.get(pid, (False, 0.0))[1] for pid in after}
+    total = sum(spent.values())
+    busiest = max((spent[pid] for pid in after if after[pid][0]), default=0.0)
+    return total / images, images / max(total / (os.cpu_count() or 1), busiest)
+
+
+def served_throughput(
+    protocol: str, target: str, data: bytes, requests: int, conc: int, state_dir: Path | None
+) -> tuple[float, tuple[float, float] | None]:
+    """-> (images/s of a running service with ``conc`` in flight (JPEG out),
+    ``dedicated_cores_img_s`` or None without ``state_dir``)."""
     from serving.client.sdk import ColorizerClient
 
     url, grpc_target = (target, None) if protocol == "rest" else (None, target)
     with ColorizerClient(url, grpc_target, pool_size=conc) as client:
         with ThreadPoolExecutor(max_workers=conc) as pool:
             list(pool.map(lambda _: client.colorize(data, "jpeg"), range(2 * conc)))  # warm
+            cpu = server_cpu_seconds(state_dir)
             start = time.perf_counter()
             list(pool.map(lambda _: client.colorize(data, "jpeg"), range(requests)))
-    return requests / (time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            cpu_after = server_cpu_seconds(state_dir)
+    dedicated = None if cpu is None else dedicated_cores_img_s(cpu, cpu_after, requests)
+    return requests / elapsed, dedicated
 
 
 # --- Report ---------------------------------------------------------------------------
@@ -280,14 +334,25 @@ def report(results: dict) -> str:
     if "in_process_img_s" in results:
         rows += [
             "",
-            f"{SERVED_SIZE}x{SERVED_SIZE} JPEG: {results['parallel']} in-process pipelines: "
-            f"{results['in_process_img_s']:.1f} img/s",
+            f"{results['served_size']}x{results['served_size']} JPEG: "
+            f"{results['parallel']} in-process pipelines: "
+            f"{results['in_process_img_s']:.1f} img/s (before / after the served runs: "
+            + " / ".join(f"{x:.1f}" for x in results["in_process_img_s_before_after"])
+            + f"); from their CPU time, on {results['cores']} dedicated cores: "
+            f"{results['in_process_img_s_on_dedicated_cores']:.1f} img/s",
         ]
     for served in results.get("served", []):
         rows.append(
             f"  served {served['protocol']:>4}, {served['concurrency']:>2} in flight: "
             f"{served['img_s']:6.1f} img/s   served / in-process {served['over_in_process']:.2f}"
         )
+        if "server_cpu_s_per_img" in served:
+            rows.append(
+                f"{'':30} from CPU time (server {1e3 * served['server_cpu_s_per_img']:.0f} "
+                f"ms/img), on {results['cores']} dedicated cores: "
+                f"{served['img_s_on_dedicated_cores']:.1f} img/s, served / in-process "
+                f"{served['over_in_process_on_dedicated_cores']:.2f}"
+            )
     return "\n".join(rows)
 
 
@@ -334,21 +399,33 @@ def run(args: argparse.Namespace) -> int:
     if args.parallel:
         from serving.client.bench import bench_image
 
-        data = bench_image(SERVED_SIZE)
+        data = bench_image(args.served_size)
+        results["served_size"] = args.served_size
         results["parallel"] = args.parallel
-        results["in_process_img_s"] = in_process_throughput(args, data)
-        results["served"] = []
+        before, dedicated = in_process_throughput(args, data)
+        results["in_process_img_s_on_dedicated_cores"] = dedicated
+        served = []
         for protocol, target in (("rest", args.url), ("grpc", args.grpc)) if args.served else ():
             for conc in args.concurrency:
-                img_s = served_throughput(protocol, target, data, args.requests, conc)
-                results["served"].append(
-                    {
-                        "protocol": protocol,
-                        "concurrency": conc,
-                        "img_s": img_s,
-                        "over_in_process": img_s / results["in_process_img_s"],
-                    }
+                img_s, dedicated = served_throughput(
+                    protocol, target, data, args.requests, conc, args.server_state
                 )
+                row = {"protocol": protocol, "concurrency": conc, "img_s": img_s}
+                if dedicated:  # what the same server would do on dedicated cores
+                    row["server_cpu_s_per_img"], row["img_s_on_dedicated_cores"] = dedicated
+                served.append(row)
+        # On a shared machine the load drifts: measure in-process before and after the
+        # served runs and compare with the mean of the two.
+        after = in_process_throughput(args, data)[0] if served else before
+        results["in_process_img_s_before_after"] = [before, after]
+        results["in_process_img_s"] = (before + after) / 2
+        for row in served:
+            row["over_in_process"] = row["img_s"] / results["in_process_img_s"]
+            if "img_s_on_dedicated_cores" in row:
+                row["over_in_process_on_dedicated_cores"] = (
+                    row["img_s_on_dedicated_cores"] / dedicated
+                )
+        results["served"] = served
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -394,6 +471,18 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8080", help="REST base URL")
     p.add_argument("--grpc", default="127.0.0.1:7070", help="gRPC HOST:PORT")
     p.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="in flight (1,2,4,8)")
+    p.add_argument(
+        "--served-size",
+        type=int,
+        default=SERVED_SIZE,
+        help=f"photo side (px) for throughput ({SERVED_SIZE})",
+    )
+    p.add_argument(
+        "--server-state",
+        type=Path,
+        help="state folder of `colorizer serve` on this machine: also count the server's "
+        "CPU seconds per image (a load-independent throughput on dedicated cores)",
+    )
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     # Internal: one size in a child process.
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -68,7 +68,9 @@ def test_grpc_ping_predictions_and_describe_model(server, stubs, photo):
             stubs.management_pb2.DescribeModelRequest(model_name=MODEL_NAME)
         )
     (described,) = json.loads(reply.msg)
-    assert described["modelName"] == MODEL_NAME and described["batchSize"] == 4
+    cpu_profile = yaml.safe_load((LAUNCHER_DIR / "model-config.yaml").read_text())["cpu"]
+    assert described["modelName"] == MODEL_NAME
+    assert described["batchSize"] == cpu_profile["batchSize"]
     assert [w["status"] for w in described["workers"]] == ["READY"] * described["minWorkers"]
 
 

@@ -1,0 +1,90 @@
+"""Memory is bounded by configuration: the cpu profile's worst case fits its pod.
+
+Worst case of a cpu pod = TorchServe's JVM + per worker (its base + batchSize photos of
+max_pixels at PEAK_BYTES_PER_PIXEL). The slow test measures the per-pixel figure on a
+40 MP photo, decode to encoded bytes, in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.benchmark import gray_jpeg
+from serving.runtime.pipeline import PEAK_BYTES_PER_PIXEL
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+# A worker before any photo: Python + torch (CUDA build) + TorchServe's worker code + the
+# model, warmed up. Measured 0.85 GiB RSS (2026-11-27, AMD EPYC, the shipped default).
+WORKER_BASE_BYTES = 1 * GIB
+# TorchServe's frontend: no -Xmx is set, so the JVM's default heap cap (1/4 of the
+# container's memory) plus ~0.5 GiB outside the heap.
+JVM_HEAP_FRACTION = 0.25
+JVM_OTHER_BYTES = GIB // 2
+
+
+def _quantity(text: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    number, unit = re.fullmatch(r"([0-9.]+)([KMGT]i)?", str(text)).groups()
+    return int(float(number) * units.get(unit, 1))
+
+
+def cpu_pod_memory_limit() -> int:
+    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
+    ]
+    return _quantity(container["resources"]["limits"]["memory"])
+
+
+def worst_case_bytes(profile: dict, pod_limit: int) -> int:
+    """JVM + workers x (base + batchSize x max_pixels x PEAK_BYTES_PER_PIXEL)."""
+    per_batch = profile["batchSize"] * profile["handler"]["max_pixels"] * PEAK_BYTES_PER_PIXEL
+    workers = profile["maxWorkers"] * (WORKER_BASE_BYTES + per_batch)
+    return int(JVM_HEAP_FRACTION * pod_limit) + JVM_OTHER_BYTES + workers
+
+
+def test_the_cpu_profile_worst_case_fits_the_cpu_pod():
+    profiles = yaml.safe_load((ROOT / "serving" / "launcher" / "model-config.yaml").read_text())
+    limit = cpu_pod_memory_limit()
+    worst = worst_case_bytes(profiles["cpu"], limit)
+    assert worst <= limit, (
+        f"cpu profile worst case {worst / GIB:.1f} GiB > pod limit {limit / GIB:.1f} GiB: "
+        "lower batchSize, maxWorkers or max_pixels (k8s/CAPACITY.md)"
+    )
+
+
+def test_batches_of_four_40_mp_photos_would_not_fit():
+    """The arithmetic has teeth: the old cpu profile (batch 4) fails it."""
+    old = {"batchSize": 4, "maxWorkers": 2, "handler": {"max_pixels": 40_000_000}}
+    assert worst_case_bytes(old, cpu_pod_memory_limit()) > cpu_pod_memory_limit()
+
+
+def peak_growth(photo: Path) -> int:
+    """Peak RSS growth (bytes) of colorizing ``photo`` once, in a fresh process."""
+    cmd = [sys.executable, "-m", "serving.benchmark", "--child", "--photo", str(photo)]
+    cmd += ["--repeats", "1", "--device", "cpu", "--precision", "fp32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_growth_bytes"]
+    if growth is None:
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    return growth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("color", [False, True], ids=["gray", "color"])
+def test_a_40_mp_photo_stays_within_the_per_pixel_budget(tmp_path, color):
+    width, height = 7300, 5470  # 40 MP, the largest accepted photo
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(gray_jpeg(width, height, color=color))
+    growth = peak_growth(photo)
+    assert growth <= PEAK_BYTES_PER_PIXEL * width * height, f"{growth / GIB:.2f} GiB"
+    assert growth <= 1.5 * GIB  # issue #9's goal
