@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint fuzz serve stop clean default-model k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java protos test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -77,6 +77,14 @@ fuzz: venv
 	$(PY) -m tests.support.fuzz_decode runs/fuzz/corpus tests/data/fuzz_seeds \
 	  -max_total_time=$(FUZZ_SECONDS) -timeout=2 -rss_limit_mb=4096 -print_final_stats=1 \
 	  -artifact_prefix=runs/fuzz/
+
+# What tests/gpu/run_device_checks.sh needs on a lent GPU machine that it lacks: TorchServe's
+# Python package (the handler's in-process tests), without its 44 MB frontend jar.
+device-bundle: venv
+	rm -rf .device/site && mkdir -p .device/site
+	$(PY) -c "import pathlib, shutil, ts; shutil.copytree(pathlib.Path(ts.__file__).parent, \
+	  '.device/site/ts', ignore=shutil.ignore_patterns('*.jar', '__pycache__'))"
+	du -sh .device
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
