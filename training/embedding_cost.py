@@ -1,0 +1,54 @@
+"""Per-photo cost of the compact network with each embedding backbone (issue #13).
+
+``python -m training.embedding_cost``: batch 1, fp32, one thread; the variants run in
+interleaved rounds so their ratios hold on a busy machine. Random weights: cost only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from training.model import Colorizer, count_parameters, preset
+
+VARIANTS = {
+    "mobilenetv3_small_100@299": {"backbone": "mobilenetv3_small_100"},
+    "tf_efficientnet_lite0@224": {"backbone": "tf_efficientnet_lite0", "embed_size": 224},
+    "tf_efficientnet_lite1@240": {"backbone": "tf_efficientnet_lite1", "embed_size": 240},
+    "tf_efficientnet_lite2@260": {"backbone": "tf_efficientnet_lite2", "embed_size": 260},
+}
+
+
+def main(rounds: int = 7, reps: int = 5) -> None:
+    torch.set_num_threads(1)
+    models = {
+        name: Colorizer(preset("compact", head="classification", **kw)).eval()
+        for name, kw in VARIANTS.items()
+    }
+    l_in = torch.rand(1, 1, 224, 224) * 2 - 1  # (1, 1, 224, 224) in [-1, 1]
+    gray = torch.rand(1, 1, 299, 299) * 2 - 1  # (1, 1, 299, 299) in [-1, 1]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(3):
+                model(l_in, gray)
+        for _ in range(rounds):
+            for name, model in models.items():
+                start = time.perf_counter()
+                for _ in range(reps):
+                    model(l_in, gray)
+                times[name].append((time.perf_counter() - start) / reps)
+    base = statistics.median(next(iter(times.values())))
+    for name, model in models.items():
+        ms = statistics.median(times[name])
+        n = count_parameters(model)
+        print(
+            f"{name}: {ms * 1e3:.1f} ms/photo ({ms / base:.2f}x), {n / 1e6:.2f} M parameters, "
+            f"{n * 4 / 2**20:.1f} MiB fp32"
+        )
+
+
+if __name__ == "__main__":
+    main()
