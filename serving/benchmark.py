@@ -402,8 +402,8 @@ def run(args: argparse.Namespace) -> int:
         data = bench_image(args.served_size)
         results["served_size"] = args.served_size
         results["parallel"] = args.parallel
-        before, dedicated = in_process_throughput(args, data)
-        results["in_process_img_s_on_dedicated_cores"] = dedicated
+        before, in_process_dedicated = in_process_throughput(args, data)
+        results["in_process_img_s_on_dedicated_cores"] = in_process_dedicated
         served = []
         for protocol, target in (("rest", args.url), ("grpc", args.grpc)) if args.served else ():
             for conc in args.concurrency:
@@ -423,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
             row["over_in_process"] = row["img_s"] / results["in_process_img_s"]
             if "img_s_on_dedicated_cores" in row:
                 row["over_in_process_on_dedicated_cores"] = (
-                    row["img_s_on_dedicated_cores"] / dedicated
+                    row["img_s_on_dedicated_cores"] / in_process_dedicated
                 )
         results["served"] = served
     print(report(results))
