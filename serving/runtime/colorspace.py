@@ -132,6 +132,7 @@ def lightness_to_gray(lightness: torch.Tensor) -> torch.Tensor:
 # 8-bit level (tests/unit/test_pixels_equivalence.py).
 
 LINEAR_LEVELS = 1 << 16  # quantization of linear RGB before the 8-bit sRGB table
+_TINY = 1e-12  # smallest |chroma| the gamut test divides by (as in lab_to_rgb_keep_lightness)
 
 
 def srgb8_to_linear_table(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -183,8 +184,9 @@ def lab_to_srgb8_keep_lightness(
     - ``srgb8``: ``linear_to_srgb8_table()`` on the same device
 
     Planar and branch-free on purpose: interleaving to (R, W, 3) and boolean masks /
-    ``where`` are the slow kernels on a CPU. The gamut test "c > 0 ? 1 - gray : gray" over
-    |c| is written as 0.5 / |c| + (0.5 - gray) / c.
+    ``where`` are the slow kernels on a CPU. The largest t <= 1 keeping gray + t * chroma in
+    [0, 1] on every channel needs only the extreme channels: t = min((1 - gray) / max(c),
+    gray / -min(c)), each side ignored (>= 1) when no channel points that way.
     """
     rows, width = lightness.shape
     xyz = torch.empty(3, rows, width, dtype=lightness.dtype, device=lightness.device)
@@ -195,12 +197,15 @@ def lab_to_srgb8_keep_lightness(
     gray = xyz[1].clamp(0.0, 1.0)  # Y: the luminance, kept
     matrix = torch.tensor(_rgb_from_xyz_over_white(), dtype=xyz.dtype, device=xyz.device)
     chroma = (matrix @ xyz.view(3, -1)).view(3, rows, width).sub_(gray)  # linear RGB - gray
-    inv_abs = chroma.abs().clamp_(min=1e-12).reciprocal_()
-    inv = chroma * inv_abs * inv_abs  # 1 / chroma, finite
-    room = inv.mul_(0.5 - gray).add_(inv_abs, alpha=0.5)
+    lowest, highest = torch.aminmax(chroma, dim=0)  # (R, W) each
+    # A side with no channel pointing its way divides by _TINY: >= 1, so unconstrained. At
+    # gray 0 or 1 it is 0 instead, but there every channel's chroma is 0 (Y = gray), so the
+    # scale does not matter.
+    up = torch.rsub(gray, 1.0).div_(highest.clamp_(min=_TINY))
+    down = gray.div(lowest.neg_().clamp_(min=_TINY))
     # Table index: round((gray + scale * chroma) * top), clipped to the table.
     top = LINEAR_LEVELS - 1
-    scale = room.amin(dim=0).clamp_(max=1.0).mul_(top)
+    scale = torch.minimum(up, down, out=up).clamp_(max=1.0).mul_(top)
     linear = chroma.mul_(scale).add_(gray.mul_(top).add_(0.5)).clamp_(0.0, top)
     index = linear.to(torch.int32)  # truncates: the 0.5 above rounds
     for channel in range(3):

@@ -122,6 +122,16 @@ class _Tables:
         self.linear = srgb8_to_linear_table(device)  # (256,) float32
         self.srgb8 = linear_to_srgb8_table(device)  # (65536,) uint8
 
+    @staticmethod
+    def look_up(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+        """out[...] = table[index]: ``index`` uint8 (any shape), ``out`` float32 of its shape,
+        contiguous, on the table's device. On a CPU numpy's take indexes with the uint8
+        values directly (half the time of widening them for ``index_select``)."""
+        if table.device.type == "cpu":
+            np.take(table.numpy(), index.numpy(), out=out.numpy())
+        else:
+            torch.index_select(table, 0, index.reshape(-1).to(torch.int32), out=out.view(-1))
+
 
 @dataclass
 class Prepared:
@@ -182,15 +192,12 @@ class ColorizePipeline:
         for y0, y1 in _strips(height, width, self.strip_pixels):
             strip = pixels[y0:y1]
             if strip.dtype == torch.uint8 and strip.dim() == 2:
-                index = strip.reshape(-1).to(torch.int32)
-                torch.index_select(
-                    self.tables.gray_lightness, 0, index, out=lightness[0, y0:y1].view(-1)
-                )
+                self.tables.look_up(self.tables.gray_lightness, strip, lightness[0, y0:y1])
                 torch.div(strip, 255.0, out=gray[0, y0:y1])
                 continue
             if strip.dtype == torch.uint8:  # (R, W, 3) RGB
-                index = strip.reshape(-1).to(torch.int32)
-                linear = torch.index_select(self.tables.linear, 0, index).view(strip.shape)
+                linear = torch.empty(strip.shape, device=self.device)
+                self.tables.look_up(self.tables.linear, strip, linear)
                 y = linear @ torch.tensor(_LUMA, device=self.device)
             else:  # (R, W) float gray in [0, 1]
                 y = srgb_to_linear(strip.float())

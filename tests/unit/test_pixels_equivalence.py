@@ -172,3 +172,20 @@ def test_8_bit_lab_to_rgb_matches_the_float_function():
     lab_to_srgb8_keep_lightness(lab[0].clone(), lab[1:].clone(), out, linear_to_srgb8_table())
     diff = (out.int() - ref.int()).abs()
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
+
+
+def test_8_bit_lab_to_rgb_at_black_white_and_one_sided_chroma():
+    """Black, white, and just inside them, over a grid of a*b* out to +-120 (where one side
+    of the gamut test is unconstrained): the strip function matches the float function."""
+    from serving.runtime.colorspace import lab_to_srgb8_keep_lightness, linear_to_srgb8_table
+
+    grid = torch.linspace(-120, 120, 49)
+    a, b = torch.meshgrid(grid, grid, indexing="ij")
+    rows = []
+    for lightness in (0.0, 1e-4, 50.0, 100.0 - 1e-4, 100.0):
+        rows.append(torch.stack((torch.full_like(a, lightness), a, b)))
+    lab = torch.cat(rows, dim=1)  # (3, 5 * 49, 49)
+    ref = (lab_to_rgb_keep_lightness(lab).clamp(0, 1) * 255).round().to(torch.uint8)
+    out = torch.empty(3, *lab.shape[1:], dtype=torch.uint8)
+    lab_to_srgb8_keep_lightness(lab[0].clone(), lab[1:].clone(), out, linear_to_srgb8_table())
+    assert int((out.int() - ref.int()).abs().max()) <= 1
