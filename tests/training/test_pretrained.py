@@ -19,7 +19,7 @@ from training.pretrained import (
     read_state_dict,
     resolve_weights,
 )
-from training.train import TrainConfig, param_groups, set_backbone_mode
+from training.train import TrainConfig, model_config, param_groups, set_backbone_mode
 
 REPO = Path(__file__).resolve().parents[2]
 VAL = REPO / "training" / "datasets" / "photos" / "val"
@@ -83,6 +83,16 @@ def test_colorizer_embedding_sees_the_gray_photo_at_224():
         with torch.no_grad():
             top3 = model.backbone(model.embed_input(gray[None])).topk(3).indices[0].tolist()
         assert PHOTOS[name.name] in top3, (name.name, top3)
+
+
+def test_package_weights_pick_their_backbone_and_input_size_unless_told():
+    """--backbone-weights efficientnet-lite0 alone feeds the backbone at 224 (at 299 its
+    class scores flatten); explicit --backbone / --embed-size still win."""
+    cfg = model_config(TrainConfig(data=Path("."), backbone_weights="efficientnet-lite0"))
+    assert (cfg.backbone, cfg.embed_size, cfg.embed_dim) == ("tf_efficientnet_lite0", 224, 1000)
+    told = TrainConfig(data=Path("."), backbone_weights="efficientnet-lite0", embed_size=256)
+    assert model_config(told).embed_size == 256
+    assert model_config(TrainConfig(data=Path("."))).embed_size is None
 
 
 def test_wrong_names_and_shapes_fail_loudly(lite0):
