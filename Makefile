@@ -97,16 +97,17 @@ stop: venv
 
 # Reproduce the shipped default model from the repo alone (fixed seed), then its report:
 # model_store/default/MODEL_CARD.md says what it is, why these settings, and what it scored.
-# The decoding is chosen on val with a margin over the 0.5 colorfulness target, because the
-# same photos then report the result.
-DEFAULT_EPOCHS ?= 90
+# The decoding is chosen on val at the 0.60 colorfulness floor (issue #13's goal); the same
+# photos then report the result, so the card calls its figures optimistic.
+DEFAULT_EPOCHS ?= 60
 DEFAULT_REBALANCE_MIX ?= 0.8
-DEFAULT_MIN_COLORFULNESS ?= 0.55
+DEFAULT_MIN_COLORFULNESS ?= 0.60
 DEFAULT_RUN ?= runs/default
 VAL_PHOTOS := training/datasets/photos/val
 default-model: venv
 	$(VENV)/bin/colorizer train --data training/datasets/photos/train --val-data $(VAL_PHOTOS) \
 	  --preset compact --head classification --rebalance-mix $(DEFAULT_REBALANCE_MIX) \
+	  --backbone-weights efficientnet-lite0 --backbone-lr-scale 0 \
 	  --epochs $(DEFAULT_EPOCHS) --lr-schedule cosine --batch-size 16 --lr 1e-3 --seed 0 \
 	  --workers 1 --out $(DEFAULT_RUN)
 	$(VENV)/bin/colorizer tune-decoding $(DEFAULT_RUN)/last.pt --data $(VAL_PHOTOS) \
