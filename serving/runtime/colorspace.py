@@ -31,6 +31,7 @@ _LAB_EPSILON = 0.008856  # (6/29)^3
 _LAB_KAPPA_SLOPE = 7.787  # slope of the linear segment of f(t)
 _LAB_F_THRESHOLD = 0.2068966  # 6/29, f^-1 switch point
 _LAB_OFFSET = 16.0 / 116.0
+_GAMUT_MIN_CHROMA = 1e-12  # smallest |chroma| the keep-lightness gamut test divides by
 
 
 def _matrix(rows: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ def lab_to_rgb_keep_lightness(lab: torch.Tensor) -> torch.Tensor:
     gray = luminance.clamp(0.0, 1.0)  # (..., 1, H, W)
     chroma = linear - gray
     # Largest t <= 1 keeping gray + t * chroma inside [0, 1] on every channel.
-    room = torch.where(chroma > 0, 1.0 - gray, gray) / chroma.abs().clamp(min=1e-12)
+    room = torch.where(chroma > 0, 1.0 - gray, gray) / chroma.abs().clamp(min=_GAMUT_MIN_CHROMA)
     scale = room.amin(dim=-3, keepdim=True).clamp(max=1.0)
     return linear_to_srgb(gray + scale * chroma).clamp(0.0, 1.0)
 
@@ -132,7 +133,6 @@ def lightness_to_gray(lightness: torch.Tensor) -> torch.Tensor:
 # 8-bit level (tests/unit/test_pixels_equivalence.py).
 
 LINEAR_LEVELS = 1 << 16  # quantization of linear RGB before the 8-bit sRGB table
-_TINY = 1e-12  # smallest |chroma| the gamut test divides by (as in lab_to_rgb_keep_lightness)
 
 
 def srgb8_to_linear_table(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -198,11 +198,11 @@ def lab_to_srgb8_keep_lightness(
     matrix = torch.tensor(_rgb_from_xyz_over_white(), dtype=xyz.dtype, device=xyz.device)
     chroma = (matrix @ xyz.view(3, -1)).view(3, rows, width).sub_(gray)  # linear RGB - gray
     lowest, highest = torch.aminmax(chroma, dim=0)  # (R, W) each
-    # A side with no channel pointing its way divides by _TINY: >= 1, so unconstrained. At
-    # gray 0 or 1 it is 0 instead, but there every channel's chroma is 0 (Y = gray), so the
-    # scale does not matter.
-    up = torch.rsub(gray, 1.0).div_(highest.clamp_(min=_TINY))
-    down = gray.div(lowest.neg_().clamp_(min=_TINY))
+    # A side with no channel pointing its way divides by _GAMUT_MIN_CHROMA: >= 1, so
+    # unconstrained. At gray 0 or 1 it is 0 instead, but there every channel's chroma is 0
+    # (Y = gray), so the scale does not matter.
+    up = torch.rsub(gray, 1.0).div_(highest.clamp_(min=_GAMUT_MIN_CHROMA))
+    down = gray.div(lowest.neg_().clamp_(min=_GAMUT_MIN_CHROMA))
     # Table index: round((gray + scale * chroma) * top), clipped to the table.
     top = LINEAR_LEVELS - 1
     scale = torch.minimum(up, down, out=up).clamp_(max=1.0).mul_(top)
