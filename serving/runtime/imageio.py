@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,10 +57,20 @@ class DecodedImage:
     def megapixels(self) -> float:
         return self.pixels.shape[0] * self.pixels.shape[1] / 1e6
 
+    def pixels_tensor(self) -> torch.Tensor:
+        """``pixels`` as a CPU tensor sharing its memory: read it, never write to it.
+
+        Pillow's arrays are read-only; torch warns when it wraps one, since writes would
+        reach the array. Nothing here writes, so the warning is silenced, not the risk.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.pixels)
+
     @property
     def rgb(self) -> torch.Tensor:
         """(3, H, W) float32 in [0, 1]: the photo as float RGB (built on each call)."""
-        pixels = torch.from_numpy(self.pixels)
+        pixels = self.pixels_tensor()
         if pixels.dim() == 2:
             pixels = pixels[..., None].expand(-1, -1, 3)
         rgb = pixels.permute(2, 0, 1).float()

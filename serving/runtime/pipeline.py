@@ -20,7 +20,6 @@ Two ways in and out:
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,9 +182,7 @@ class ColorizePipeline:
         8-bit gray: both from 256-entry tables. 8-bit RGB: luminance from a table per
         channel. High-bit gray (float): the float functions. Never builds float RGB.
         """
-        with warnings.catch_warnings():  # Pillow's arrays are read-only; nothing writes here
-            warnings.simplefilter("ignore", UserWarning)
-            pixels = torch.from_numpy(image.pixels).to(self.device)
+        pixels = image.pixels_tensor().to(self.device)
         height, width = pixels.shape[:2]
         lightness = torch.empty(1, height, width, device=self.device)
         gray = torch.empty(1, height, width, device=self.device)

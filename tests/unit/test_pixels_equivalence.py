@@ -189,3 +189,30 @@ def test_8_bit_lab_to_rgb_at_black_white_and_one_sided_chroma():
     out = torch.empty(3, *lab.shape[1:], dtype=torch.uint8)
     lab_to_srgb8_keep_lightness(lab[0].clone(), lab[1:].clone(), out, linear_to_srgb8_table())
     assert int((out.int() - ref.int()).abs().max()) <= 1
+
+
+def test_reading_pillow_pixels_prints_no_torch_warning():
+    """Pillow's arrays are read-only: wrapping one made torch print a UserWarning about
+    undefined behaviour into every `colorizer evaluate` / `tune-decoding` run. A fresh
+    process, since torch prints it once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from serving.runtime.imageio import decode_image\n"
+        "image = decode_image(Path(sys.argv[1]).read_bytes())\n"
+        "assert image.pixels.flags.writeable is False  # the case this test is about\n"
+        "rgb = image.rgb\n"
+        "assert rgb.shape[0] == 3 and 0.0 <= float(rgb.min()) <= float(rgb.max()) <= 1.0\n"
+        "assert tuple(image.pixels_tensor().shape) == image.pixels.shape\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(VAL_PHOTOS[0])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "not writable" not in done.stderr, done.stderr
