@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
 BACKBONE_BN = ("train", "frozen")
+# Options a --resume may change without changing what is trained: where, how long, how fast.
+RESUME_MAY_CHANGE = ("out", "resume", "epochs", "stop_after", "workers", "progress")
 
 
 @dataclass
@@ -183,6 +185,22 @@ def model_config(cfg: TrainConfig) -> ColorizerConfig:
             backbone or PRESETS[cfg.preset].backbone, cfg.backbone_weights
         )
     return preset(cfg.preset, **overrides)
+
+
+def resume_differences(cfg: TrainConfig, saved: dict) -> dict[str, tuple]:
+    """Options of ``cfg`` that differ from ``saved`` (the checkpoint's ``train_config``),
+    leaving out RESUME_MAY_CHANGE: {name: (saved value, value now)}.
+
+    A resumed run rebuilds the network from the checkpoint, but the optimizer groups, the
+    data and the schedule come from the options given now: a forgotten
+    ``--backbone-lr-scale 0`` would silently start training a frozen backbone.
+    """
+    now = _jsonable(asdict(cfg))
+    return {
+        name: (saved[name], value)
+        for name, value in now.items()
+        if name in saved and name not in RESUME_MAY_CHANGE and saved[name] != value
+    }
 
 
 def make_loader(dataset: PhotoDataset, cfg: TrainConfig, env: Dist, shuffle: bool) -> DataLoader:
@@ -376,6 +394,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         model = Colorizer(ColorizerConfig.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["model"])
         start_epoch = ckpt["epoch"] + 1
+        changed = resume_differences(cfg, ckpt["extra"].get("train_config", {}))
+        if changed and env.main:
+            log.warning(
+                "resuming %s with options that differ from its run: %s",
+                cfg.resume,
+                "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changed.items()),
+            )
     else:
         model = build_model(model_config(cfg), cfg.backbone_weights)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)

@@ -1,9 +1,11 @@
 """Training loop: logs, checkpoints, exact resume, and DDP on 2 CPU processes."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from tests.support.models import quick_train_config
 from training.checkpoint import load_checkpoint
 from training.synth import write_dataset
-from training.train import TrainConfig, lr_at, train
+from training.train import TrainConfig, lr_at, resume_differences, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +48,23 @@ def test_train_logs_checkpoints_and_resumes_exactly(synth_data, tmp_path):
         assert torch.equal(resumed.model.state_dict()[key], value), key
     part_log = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in part_log] == [0, 1]
+
+
+def test_resume_names_the_options_that_differ_from_the_run(synth_data, tmp_path, caplog):
+    train(quick_train_config(synth_data, tmp_path / "run", epochs=1))
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["train_config"]
+    longer = quick_train_config(
+        synth_data, tmp_path / "run", resume=tmp_path / "run" / "last.pt", epochs=3
+    )
+    assert resume_differences(longer, saved) == {}  # where and how long may change
+    unfrozen = replace(longer, backbone_lr_scale=0.5, lr=2e-3)
+    assert resume_differences(unfrozen, saved) == {
+        "backbone_lr_scale": (saved["backbone_lr_scale"], 0.5),
+        "lr": (saved["lr"], 2e-3),
+    }
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        train(replace(longer, epochs=2, lr=2e-3))
+    assert "--lr 0.001 -> 0.002" in caplog.text
 
 
 def test_lr_schedules():
