@@ -9,6 +9,8 @@ differ by at most one 8-bit level on 99.9% of pixels.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,9 +197,6 @@ def test_reading_pillow_pixels_prints_no_torch_warning():
     """Pillow's arrays are read-only: wrapping one made torch print a UserWarning about
     undefined behaviour into every `colorizer evaluate` / `tune-decoding` run. A fresh
     process, since torch prints it once per process."""
-    import subprocess
-    import sys
-
     code = (
         "import sys; from pathlib import Path\n"
         "from serving.runtime.imageio import decode_image\n"
