@@ -312,6 +312,9 @@ def test_sigterm_lets_grpc_calls_in_flight_finish(server, stubs):
         grpc.insecure_channel(server.grpc) as channel,
         ThreadPoolExecutor(max_workers=4) as pool,
     ):
+        # Connect first: a lazily connecting channel can still be handshaking when
+        # SIGTERM lands, and the server then rightly refuses calls it never received.
+        grpc.channel_ready_future(channel).result(timeout=30)
         stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         grpc_calls = [stub.Predictions.future(request, timeout=120) for _ in range(4)]
         rest_calls = [pool.submit(post, server, slow) for _ in range(4)]
