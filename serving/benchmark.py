@@ -95,17 +95,57 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def colorize_batch(pipeline, datas: list[bytes], fmt: str = "jpeg", quality: int = 90, marks=None):
+    """The handler's path for one batch, without TorchServe: ``decode_images`` (nvJPEG on a
+    GPU) -> prepare -> network -> ``finish_images`` -> ``encode_images`` -> bytes per photo.
+
+    ``marks``: a list that gets ``time.perf_counter()`` after each of the five stages (the
+    device synchronized first), for per-stage times. Raises a photo's decode error.
+    """
+    import torch
+
+    from serving.runtime.imageio import decode_images, encode_images
+
+    def mark() -> None:
+        if marks is not None:
+            if pipeline.device.type == "cuda":
+                torch.cuda.synchronize(pipeline.device)
+            marks.append(time.perf_counter())
+
+    images = decode_images(datas, 10**9, pipeline.device)
+    for image in images:
+        if isinstance(image, Exception):
+            raise image
+    alphas = [image.alpha for image in images]
+    mark()
+    batch = pipeline.prepare(images)
+    del images  # the decoded pixels are not needed past here
+    mark()
+    ab = pipeline.infer(batch)
+    mark()
+    rgb = pipeline.finish_images(batch, ab)
+    del batch, ab
+    mark()
+    out = encode_images(rgb, alphas, [fmt] * len(rgb), [quality] * len(rgb))
+    mark()
+    return out
+
+
 def _run_once(pipeline, data: bytes, path: str, sync) -> dict[str, float]:
     """Colorize ``data`` once along ``path`` ("new" or "reference"); seconds per stage."""
     from PIL import Image
 
-    from serving.runtime.imageio import decode_image, encode_image, to_uint8_hwc
+    from serving.runtime.imageio import decode_image, to_uint8_hwc
 
-    times = {}
+    if path == "new":
+        marks = [time.perf_counter()]
+        colorize_batch(pipeline, [data], marks=marks)
+        times = {stage: b - a for stage, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}
+        times["whole"] = marks[-1] - marks[0]
+        return times
+    times = {}  # the whole-image float path, as before the row strips
     start = time.perf_counter()
-    image = decode_image(data, max_pixels=10**9)
-    source = image if path == "new" else image.rgb
-    del image
+    source = decode_image(data, max_pixels=10**9).rgb
     times["decode"] = time.perf_counter() - start
     start = time.perf_counter()
     batch = pipeline.prepare([source])
@@ -117,18 +157,13 @@ def _run_once(pipeline, data: bytes, path: str, sync) -> dict[str, float]:
     sync()
     times["network"] = time.perf_counter() - start
     start = time.perf_counter()
-    if path == "new":
-        (pixels,) = pipeline.finish_uint8(batch, ab)
-    else:
-        (pixels,) = pipeline.finish(batch, ab)
+    (pixels,) = pipeline.finish(batch, ab)
     del batch
     sync()
     times["finish"] = time.perf_counter() - start
     start = time.perf_counter()
-    if path == "new":
-        encode_image(pixels, None, "jpeg", 90)
-    else:  # as before: float (3, H, W) -> (H, W, 3) uint8 -> Pillow
-        Image.fromarray(to_uint8_hwc(pixels)).save(io.BytesIO(), format="JPEG", quality=90)
+    # float (3, H, W) -> (H, W, 3) uint8 -> Pillow
+    Image.fromarray(to_uint8_hwc(pixels)).save(io.BytesIO(), format="JPEG", quality=90)
     times["encode"] = time.perf_counter() - start
     times["whole"] = sum(times[s] for s in STAGES)
     return times
@@ -207,17 +242,13 @@ def _pipeline_worker(model: str, device: str, precision: str, threads: int, data
     """One in-process pipeline colorizing ``data`` ``n`` times after warm-up; -> (start, end)."""
     import torch
 
-    from serving.runtime.imageio import decode_image, encode_image
     from serving.runtime.pipeline import ColorizePipeline
 
     torch.set_num_threads(threads)
     pipeline = ColorizePipeline.load(model, device, precision)
 
     def once() -> None:
-        image = decode_image(data)
-        batch = pipeline.prepare([image])
-        (pixels,) = pipeline.finish_uint8(batch, pipeline.infer(batch))
-        encode_image(pixels, None, "jpeg", 90)
+        colorize_batch(pipeline, [data])
 
     for _ in range(3):
         once()

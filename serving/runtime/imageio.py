@@ -7,6 +7,7 @@ from the header before any pixel is decoded.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from serving.runtime import nvjpeg
 from serving.runtime.constants import (
     CONTENT_TYPES,
     DEFAULT_MAX_PIXELS,
@@ -34,6 +36,8 @@ from serving.runtime.errors import (
     UnsupportedFormat,
 )
 
+log = logging.getLogger(__name__)
+
 _PILLOW_TO_OUTPUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -44,12 +48,14 @@ class DecodedImage:
 
     - ``pixels``: EXIF orientation applied; (H, W) uint8 for 8-bit gray photos (a gray JPEG
       never becomes RGB), (H, W, 3) uint8 RGB for color and palette photos, or (H, W)
-      float32 in [0, 1] for 16-bit / 32-bit / float gray
+      float32 in [0, 1] for 16-bit / 32-bit / float gray. A numpy array from Pillow, or a
+      tensor already on the GPU when nvJPEG decoded it (``decode_images``; then (H, W, 3)
+      is a view of (3, H, W) planes)
     - ``alpha``: (H, W) uint8, or None when the input had no alpha
     - ``source_format``: Pillow's format name of the input (e.g. "JPEG")
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | torch.Tensor
     alpha: np.ndarray | None
     source_format: str
 
@@ -63,6 +69,8 @@ class DecodedImage:
         Pillow's arrays are read-only; torch warns when it wraps one, since writes would
         reach the array. Nothing here writes, so the warning is silenced, not the risk.
         """
+        if isinstance(self.pixels, torch.Tensor):
+            return self.pixels
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(self.pixels)
@@ -74,7 +82,7 @@ class DecodedImage:
         if pixels.dim() == 2:
             pixels = pixels[..., None].expand(-1, -1, 3)
         rgb = pixels.permute(2, 0, 1).float()
-        return rgb / 255.0 if self.pixels.dtype == np.uint8 else rgb.contiguous()
+        return rgb / 255.0 if pixels.dtype == torch.uint8 else rgb.contiguous()
 
 
 # What Pillow raises on bytes it cannot make sense of. Its plugins raise OSError ("cannot
@@ -187,6 +195,78 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             f"the {source_format} image is truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc
     return DecodedImage(pixels=pixels, alpha=alpha, source_format=source_format)
+
+
+def decode_images(
+    datas: list[bytes], max_pixels: int = DEFAULT_MAX_PIXELS, device: torch.device | None = None
+) -> list[DecodedImage | Exception]:
+    """Decode a batch of photos: per photo a ``DecodedImage`` or the exception that
+    ``decode_image`` raises for it (a bad photo never fails the others).
+
+    On a CUDA ``device`` with nvJPEG (``nvjpeg.usable``), the JPEGs it takes as they are
+    (``nvjpeg.probe``) are decoded there, batched, straight into GPU memory; every other
+    photo, and any group nvJPEG refuses, goes through Pillow (``decode_image``).
+    """
+    results: list[DecodedImage | Exception | None] = [None] * len(datas)
+    if device is not None and nvjpeg.usable(device):
+        groups: dict[int, list[int]] = {}
+        for idx, data in enumerate(datas):
+            channels = nvjpeg.probe(data, max_pixels)
+            if channels is not None:
+                groups.setdefault(channels, []).append(idx)
+        for channels, members in groups.items():
+            try:
+                planes = nvjpeg.decode([datas[i] for i in members], channels, device)
+            except RuntimeError as exc:  # e.g. a corrupt scan: Pillow says which and why
+                log.info("nvJPEG refused a group of %d; decoding it with Pillow: %s",
+                         len(members), exc)  # fmt: skip
+                continue
+            for idx, chw in zip(members, planes, strict=True):
+                pixels = chw[0] if channels == 1 else chw.permute(1, 2, 0)
+                results[idx] = DecodedImage(pixels=pixels, alpha=None, source_format="JPEG")
+    for idx, data in enumerate(datas):
+        if results[idx] is None:
+            try:
+                results[idx] = decode_image(data, max_pixels)
+            except Exception as exc:  # typed errors, and server faults the caller logs
+                results[idx] = exc
+    return results
+
+
+def encode_images(
+    images: list[torch.Tensor],
+    alphas: list[np.ndarray | None],
+    formats: list[str],
+    qualities: list[int],
+) -> list[bytes | Exception]:
+    """Encode a batch: (3, H_i, W_i) uint8 RGB planes on any device (+ alpha, dropped for
+    JPEG) -> per photo the bytes in its format, or the exception that encoding raised.
+
+    JPEGs of CUDA tensors go through nvJPEG, one batched call per quality; the rest (and a
+    batch nvJPEG refuses) through Pillow on the CPU (``encode_image``).
+    """
+    results: list[bytes | Exception | None] = [None] * len(images)
+    by_quality: dict[int, list[int]] = {}
+    for idx, (rgb, fmt) in enumerate(zip(images, formats, strict=True)):
+        if fmt == "jpeg" and nvjpeg.usable(rgb.device):
+            by_quality.setdefault(qualities[idx], []).append(idx)
+    for quality, members in by_quality.items():
+        try:
+            encoded = nvjpeg.encode([images[i] for i in members], quality)
+        except RuntimeError as exc:
+            log.warning("nvJPEG could not encode a group of %d; using Pillow: %s",
+                        len(members), exc)  # fmt: skip
+            continue
+        for idx, data in zip(members, encoded, strict=True):
+            results[idx] = data
+    for idx, rgb in enumerate(images):
+        if results[idx] is None:
+            try:
+                planes = rgb.cpu().numpy()
+                results[idx] = encode_image(planes, alphas[idx], formats[idx], qualities[idx])
+            except Exception as exc:
+                results[idx] = exc
+    return results
 
 
 def parse_quality(value: str | int | None) -> int:

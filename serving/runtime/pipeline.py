@@ -75,12 +75,28 @@ def resize_inputs(
 
     ``gray`` is the sRGB gray of the same lightness (``lightness_to_gray``).
     """
+    l_small, gray_small = resize_raw(lightness, gray, spec)
+    return scale_inputs(l_small, gray_small, spec)
+
+
+def resize_raw(
+    lightness: torch.Tensor, gray: torch.Tensor, spec: ModelSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L (1, H, W) + gray (1, H, W) -> L (1, S, S) in [0, 100], gray (1, G, G) in [0, 1]:
+    bilinear with antialiasing, not yet scaled to the network's range."""
     l_small = F.interpolate(
         lightness[None], size=(spec.l_size,) * 2, mode="bilinear", antialias=True
     )
     gray = F.interpolate(gray[None], size=(spec.gray_size,) * 2, mode="bilinear", antialias=True)
-    l_in = (l_small[0] - spec.l_center) / spec.l_scale
-    return l_in.clamp(-1, 1), (gray[0] * 2.0 - 1.0).clamp(-1, 1)
+    return l_small[0], gray[0]
+
+
+def scale_inputs(
+    l_small: torch.Tensor, gray_small: torch.Tensor, spec: ModelSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``resize_raw``'s outputs, one photo or a batch (any leading dims) -> [-1, 1] each."""
+    l_in = (l_small - spec.l_center) / spec.l_scale
+    return l_in.clamp(-1, 1), (gray_small * 2.0 - 1.0).clamp(-1, 1)
 
 
 def compose(lightness: torch.Tensor, ab_small: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -98,6 +114,20 @@ def _strips(height: int, width: int, strip_pixels: int) -> list[tuple[int, int]]
     """Row ranges [y0, y1) of about ``strip_pixels`` pixels each, covering ``height`` rows."""
     rows = max(1, strip_pixels // max(width, 1))
     return [(y0, min(y0 + rows, height)) for y0 in range(0, height, rows)]
+
+
+def pixel_groups(pixel_counts: list[int], limit: int) -> list[list[int]]:
+    """Consecutive photo indices grouped so that each group holds at most ``limit`` pixels;
+    a photo larger than ``limit`` forms a group of its own."""
+    groups: list[list[int]] = []
+    total = limit + 1
+    for index, count in enumerate(pixel_counts):
+        if total + count > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += count
+    return groups
 
 
 def _source_rows(size_in: int, size_out: int, device: torch.device):
@@ -155,6 +185,7 @@ class ColorizePipeline:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         strip_pixels: int | None = None,
+        batched_pixels: bool | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
@@ -163,6 +194,10 @@ class ColorizePipeline:
         self.module.eval()
         default_strip = CUDA_STRIP_PIXELS if device.type == "cuda" else CPU_STRIP_PIXELS
         self.strip_pixels = strip_pixels or default_strip
+        # Per-pixel work on decoded photos: for the whole batch at once (a few large kernels
+        # per batch, ``_prepare_batched``/``_finish_batched``) on a GPU; per photo in row
+        # strips (cache-sized temporaries, least memory) on a CPU.
+        self.batched_pixels = device.type == "cuda" if batched_pixels is None else batched_pixels
         self.tables = _Tables(device)
 
     @classmethod
@@ -187,20 +222,61 @@ class ColorizePipeline:
         lightness = torch.empty(1, height, width, device=self.device)
         gray = torch.empty(1, height, width, device=self.device)
         for y0, y1 in _strips(height, width, self.strip_pixels):
-            strip = pixels[y0:y1]
-            if strip.dtype == torch.uint8 and strip.dim() == 2:
-                self.tables.look_up(self.tables.gray_lightness, strip, lightness[0, y0:y1])
-                torch.div(strip, 255.0, out=gray[0, y0:y1])
-                continue
-            if strip.dtype == torch.uint8:  # (R, W, 3) RGB
-                linear = torch.empty(strip.shape, device=self.device)
-                self.tables.look_up(self.tables.linear, strip, linear)
-                y = linear @ torch.tensor(_LUMA, device=self.device)
-            else:  # (R, W) float gray in [0, 1]
-                y = srgb_to_linear(strip.float())
-            lightness[0, y0:y1] = luminance_to_lightness(y)
-            gray[0, y0:y1] = linear_to_srgb(y.clamp(0.0, 1.0)).clamp(0.0, 1.0)
+            self.pixel_lightness(pixels[y0:y1], lightness[0, y0:y1], gray[0, y0:y1])
         return lightness, gray
+
+    def pixel_lightness(self, pixels: torch.Tensor, lightness: torch.Tensor, gray: torch.Tensor):
+        """Per-pixel L and gray of decoded pixels, written into ``lightness`` and ``gray``.
+
+        - ``pixels``: (R, W) uint8 gray, (R, W, 3) uint8 RGB or (R, W) float32 gray in
+          [0, 1], on the pipeline's device (any strides)
+        - ``lightness``: (R, W) float32, L in [0, 100]; ``gray``: (R, W) float32 in [0, 1];
+          both contiguous, written in place
+        """
+        if pixels.dtype == torch.uint8 and pixels.dim() == 2:
+            self.tables.look_up(self.tables.gray_lightness, pixels, lightness)
+            torch.div(pixels, 255.0, out=gray)
+            return
+        if pixels.dtype == torch.uint8:  # (R, W, 3) RGB
+            linear = torch.empty(pixels.shape, device=self.device)
+            self.tables.look_up(self.tables.linear, pixels.contiguous(), linear)
+            y = linear @ torch.tensor(_LUMA, device=self.device)
+        else:  # (R, W) float gray in [0, 1]
+            y = srgb_to_linear(pixels.float())
+        lightness.copy_(luminance_to_lightness(y))
+        gray.copy_(linear_to_srgb(y.clamp(0.0, 1.0)).clamp(0.0, 1.0))
+
+    def _prepare_batched(self, images: list[DecodedImage]) -> Prepared:
+        """``prepare`` for decoded photos, the per-pixel work done once per group of photos
+        (``pixel_groups``) and per kind of pixels instead of once per photo: on a GPU a
+        kernel launch costs more than the work on a 0.25 MP photo's pixels."""
+        pixels = [image.pixels_tensor().to(self.device, non_blocking=True) for image in images]
+        count = len(pixels)
+        lightness: list[torch.Tensor] = [torch.empty(0)] * count
+        l_small: list[torch.Tensor] = [torch.empty(0)] * count
+        gray_small: list[torch.Tensor] = [torch.empty(0)] * count
+        sizes = [tuple(p.shape[:2]) for p in pixels]
+        for group in pixel_groups([h * w for h, w in sizes], self.strip_pixels):
+            kinds: dict[tuple, list[int]] = {}
+            for i in group:
+                kinds.setdefault((pixels[i].dtype, pixels[i].dim()), []).append(i)
+            for members in kinds.values():
+                flat = torch.cat([pixels[i].reshape(-1, *pixels[i].shape[2:]) for i in members])
+                lum_flat = torch.empty(1, flat.shape[0], device=self.device)
+                gray_flat = torch.empty(1, flat.shape[0], device=self.device)
+                self.pixel_lightness(flat[None], lum_flat, gray_flat)
+                offset = 0
+                for i in members:
+                    height, width = sizes[i]
+                    end = offset + height * width
+                    lum = lum_flat[:, offset:end].view(1, height, width)
+                    gray = gray_flat[:, offset:end].view(1, height, width)
+                    l_small[i], gray_small[i] = resize_raw(lum, gray, self.spec)
+                    lightness[i] = lum
+                    offset = end
+        l_in, gray_in = scale_inputs(torch.stack(l_small), torch.stack(gray_small), self.spec)
+        to_net = dict(dtype=self.dtype, memory_format=torch.channels_last)
+        return Prepared(lightness=lightness, l_in=l_in.to(**to_net), gray_in=gray_in.to(**to_net))
 
     @torch.inference_mode()
     def prepare(self, images: list[torch.Tensor | DecodedImage]) -> Prepared:
@@ -209,6 +285,8 @@ class ColorizePipeline:
         Each photo is either a ``DecodedImage`` (the serving path) or an RGB tensor
         (3, H_i, W_i) float in [0, 1] on any device.
         """
+        if self.batched_pixels and images and all(isinstance(i, DecodedImage) for i in images):
+            return self._prepare_batched(images)
         lightness, l_batch, gray_batch = [], [], []
         for image in images:
             if isinstance(image, DecodedImage):
@@ -243,27 +321,67 @@ class ColorizePipeline:
 
     @torch.inference_mode()
     def finish_uint8(self, batch: Prepared, ab: torch.Tensor) -> list[np.ndarray]:
-        """-> RGB per image, (3, H_i, W_i) uint8 planes on the CPU; ``finish`` within one level.
+        """-> RGB per image, (3, H_i, W_i) uint8 planes on the CPU; ``finish`` within one level."""
+        return [rgb.cpu().numpy() for rgb in self.finish_images(batch, ab)]
 
-        a*b* is upsampled separably: across the width once per image ((2, s, W_i), small),
-        then down the rows strip by strip, each strip going straight to 8-bit sRGB.
-        """
+    @torch.inference_mode()
+    def finish_images(self, batch: Prepared, ab: torch.Tensor) -> list[torch.Tensor]:
+        """-> RGB per image, (3, H_i, W_i) uint8, contiguous, on the pipeline's device (a GPU
+        encoder takes them there); ``finish`` within one level."""
         ab = ab.float() * self.spec.ab_scale  # (B, 2, s, s), the whole batch at once
+        if self.batched_pixels:
+            return self._finish_batched(batch.lightness, ab)
+        return [
+            self._finish_strips(lum, ab_i) for lum, ab_i in zip(batch.lightness, ab, strict=True)
+        ]
+
+    def _finish_strips(self, lum: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        """L (1, H, W) + a*b* (2, s, s) unscaled -> (3, H, W) uint8, row strip by row strip.
+
+        a*b* is upsampled separably: across the width once ((2, s, W), small), then down
+        the rows strip by strip, each strip going straight to 8-bit sRGB.
+        """
         size = ab.shape[-2]
-        results = []
-        for lum, ab_i in zip(batch.lightness, ab, strict=True):
-            height, width = lum.shape[-2:]
-            ab_wide = F.interpolate(ab_i[None], size=(size, width), mode="bilinear")[0]
-            i0, i1, weight = _source_rows(size, height, self.device)
-            out = torch.empty(3, height, width, dtype=torch.uint8, device=self.device)
-            for y0, y1 in _strips(height, width, self.strip_pixels):
-                top = torch.index_select(ab_wide, 1, i0[y0:y1])
-                bottom = torch.index_select(ab_wide, 1, i1[y0:y1])
-                ab_strip = torch.lerp(top, bottom, weight[y0:y1])  # (2, R, W)
-                lab_to_srgb8_keep_lightness(
-                    lum[0, y0:y1], ab_strip, out[:, y0:y1], self.tables.srgb8
-                )
-            results.append(out.cpu().numpy())
+        height, width = lum.shape[-2:]
+        ab_wide = F.interpolate(ab[None], size=(size, width), mode="bilinear")[0]
+        i0, i1, weight = _source_rows(size, height, self.device)
+        out = torch.empty(3, height, width, dtype=torch.uint8, device=self.device)
+        for y0, y1 in _strips(height, width, self.strip_pixels):
+            top = torch.index_select(ab_wide, 1, i0[y0:y1])
+            bottom = torch.index_select(ab_wide, 1, i1[y0:y1])
+            ab_strip = torch.lerp(top, bottom, weight[y0:y1])  # (2, R, W)
+            lab_to_srgb8_keep_lightness(lum[0, y0:y1], ab_strip, out[:, y0:y1], self.tables.srgb8)
+        return out
+
+    def _finish_batched(
+        self, lightness: list[torch.Tensor], ab: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Per photo L (1, H_i, W_i) + a*b* (B, 2, s, s) unscaled -> (3, H_i, W_i) uint8 each.
+
+        Only the upsampling is per photo; the Lab -> 8-bit sRGB math runs once per group of
+        photos (``pixel_groups``) on their pixels laid end to end.
+        """
+        sizes = [tuple(lum.shape[-2:]) for lum in lightness]
+        results: list[torch.Tensor] = [torch.empty(0)] * len(sizes)
+        for group in pixel_groups([h * w for h, w in sizes], self.strip_pixels):
+            total = sum(sizes[i][0] * sizes[i][1] for i in group)
+            lum = torch.cat([lightness[i].reshape(-1) for i in group])
+            ab_full = torch.empty(2, total, device=self.device)
+            out = torch.empty(3, total, dtype=torch.uint8, device=self.device)
+            spans, offset = [], 0
+            for i in group:
+                height, width = sizes[i]
+                end = offset + height * width
+                up = F.interpolate(ab[i : i + 1], size=(height, width), mode="bilinear")
+                ab_full[:, offset:end].view(2, height, width).copy_(up[0])
+                spans.append((i, offset, end))
+                offset = end
+            lab_to_srgb8_keep_lightness(
+                lum.view(1, total), ab_full.view(2, 1, total), out.view(3, 1, total),
+                self.tables.srgb8,
+            )  # fmt: skip
+            for i, start, end in spans:
+                results[i] = out[:, start:end].reshape(3, *sizes[i]).contiguous()
         return results
 
     @torch.inference_mode()

@@ -17,6 +17,7 @@ RUNTIME = [
     "serving.runtime.errors",
     "serving.runtime.imageio",
     "serving.runtime.model_spec",
+    "serving.runtime.nvjpeg",
     "serving.runtime.pipeline",
 ]
 NOT_IN_RUNTIME = (

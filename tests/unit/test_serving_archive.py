@@ -20,6 +20,7 @@ RUNTIME_MODULES = {
     "errors",
     "imageio",
     "model_spec",
+    "nvjpeg",
     "pipeline",
 }
 
