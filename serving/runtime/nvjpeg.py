@@ -90,4 +90,7 @@ def encode(images: list[torch.Tensor], quality: int) -> list[bytes]:
     if images[0].is_cuda:  # the encoder reads on its own stream: let the writers finish
         torch.cuda.synchronize(images[0].device)
     encoded = _tvio().encode_jpeg(images, quality=quality)
-    return [bytes(t.cpu().numpy()) for t in encoded]
+    # One copy to the host for the whole batch, not one (and one sync) per photo.
+    host = torch.cat(encoded).cpu().numpy()
+    ends = np.cumsum([len(t) for t in encoded]).tolist()
+    return [host[a:b].tobytes() for a, b in zip([0, *ends[:-1]], ends, strict=True)]

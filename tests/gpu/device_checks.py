@@ -37,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -78,17 +79,35 @@ def _cpu_name() -> str:
         return platform.machine()
 
 
-def model_file(workdir: Path) -> tuple[Path, str]:
-    """The shipped model, or (when this torch cannot load it) a random-init stand-in."""
-    try:
-        torch.jit.load(str(SHIPPED), map_location="cpu")
-        return SHIPPED, "shipped default"
-    except Exception as exc:  # a TorchScript file from a newer torch
-        from tests.support.models import export_test_model
+# The networks to time. A TorchScript file does not load on an older torch (the lent machine's
+# torch 2.11 lacks an op that 2.14's scripted F.interpolate refers to), so besides the shipped
+# file, random-init networks of the same shapes are exported there: speed does not depend
+# on the weights.
+STAND_INS = {
+    # The shipped default's shapes (Makefile default-model; model_store/default/MODEL_CARD.md).
+    "default-arch": dict(preset="compact", head="classification",
+                         backbone="tf_efficientnet_lite0", embed_size=224),
+    # The paper's network (Inception-ResNet-v2 embedding): the issue's 2,750 img/s reference.
+    "full": dict(preset="full"),
+}  # fmt: skip
 
-        stand_in = export_test_model(workdir / "compact.pt", "compact")
-        note = f"shipped file did not load here ({type(exc).__name__}: {str(exc)[:200]}); "
-        return stand_in, note + "timed a random-init compact network exported on this machine"
+
+def model_file(name: str, workdir: Path) -> tuple[Path | None, str]:
+    """-> (TorchScript file, what it is); (None, why) when the shipped file does not load."""
+    if name == "shipped":
+        try:
+            torch.jit.load(str(SHIPPED), map_location="cpu")
+            return SHIPPED, "shipped default"
+        except Exception as exc:  # a TorchScript file from a newer torch
+            return None, f"shipped file did not load ({type(exc).__name__}: {str(exc)[:160]})"
+    from training.export import export
+    from training.model import Colorizer, preset
+
+    settings = dict(STAND_INS[name])
+    torch.manual_seed(0)
+    path = workdir / f"{name}.pt"
+    export(Colorizer(preset(settings.pop("preset"), **settings)), path)
+    return path, f"random-init {name} network exported here: {STAND_INS[name]}"
 
 
 def sync(device: torch.device) -> None:
@@ -237,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seconds", type=float, default=6.0, help="per shared-GPU measurement")
     p.add_argument("--skip", default="", help="comma-separated sections to skip")
+    names = ", ".join(STAND_INS)
+    p.add_argument("--models", default="shipped,default-arch,full",
+                   help=f"networks to time: shipped and/or the stand-ins {names}")  # fmt: skip
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -244,23 +266,44 @@ def main(argv: list[str] | None = None) -> int:
     batches = (1, 4) if quick else BATCHES
     args.sizes = "0.25,1" if quick else "0.25,1,12"
     skip = set(args.skip.split(","))
-    results: dict = {"environment": environment(device), "errors": {}}
+    results: dict = {"environment": environment(device), "errors": {}, "models": {}}
     target = args.out / "device_checks.json"
 
-    def section(name: str, fn) -> None:
+    def section(name: str, fn, into: dict | None = None, field: str | None = None) -> None:
         """Run one section; keep going on failure; write the JSON after each."""
-        if name in skip:
+        if name in skip or (field or name) in skip:
             return
         start = time.perf_counter()
         try:
-            results[name] = fn()
+            (results if into is None else into)[field or name] = fn()
         except Exception:
             results["errors"][name] = traceback.format_exc()[-3000:]
             print(f"section {name} failed:\n{results['errors'][name]}", flush=True)
         print(f"section {name}: {time.perf_counter() - start:.1f} s", flush=True)
         target.write_text(json.dumps(results, indent=1))
 
-    model, results["model"] = model_file(args.out)
+    section("routing", lambda: routing(device))
+    chosen = None  # the first network that loads: the shipped one, else its shapes
+    for name in args.models.split(","):
+        model, note = model_file(name, Path(tempfile.mkdtemp()))
+        found = results["models"].setdefault(name, {"model": note})
+        if model is not None:
+            chosen = chosen or model
+
+            def sink(field: str, fn, found=found, name=name) -> None:
+                section(f"{name}/{field}", fn, into=found, field=field)
+
+            measure_model(model, found, args, batches, sink)
+    section("shared_gpu", lambda: shared_gpu_rows(chosen, args, batches, quick))
+    section("gpu_tests", lambda: run_pytest(args.out))
+    section("pipeline_bench", lambda: run_pipeline_bench(args, chosen))
+    print_summary(results)
+    return 0 if not results["errors"] else 1
+
+
+def measure_model(model: Path, results: dict, args, batches, sink) -> None:
+    """Network alone, the whole pipeline before/now, 1 and 12 MP photos, for one network."""
+    device = torch.device(args.device)
     pipes = {
         "served": ColorizePipeline.load(model, device, args.precision),
         "per_photo": ColorizePipeline.load(model, device, args.precision),
@@ -273,8 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         served = pipes["served"]
         rows = []
         for batch in batches:
-            img_s = network_alone(served, served.module, batch, args.repeats)
-            rows.append({"batch": batch, "loaded_img_s": round(img_s, 1)})
+            row = {"batch": batch}
+            for benchmark in (False, True):  # cuDNN's autotuner off (default) / on
+                torch.backends.cudnn.benchmark = benchmark
+                img_s = network_alone(served, served.module, batch, args.repeats)
+                row["cudnn_benchmark" if benchmark else "loaded_img_s"] = round(img_s, 1)
+            torch.backends.cudnn.benchmark = False
+            rows.append(row)
         try:
             module, diff = frozen(served)
         except Exception as exc:  # report, keep the loaded figures
@@ -285,32 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         return {"rows": rows, "frozen_max_abs_diff": diff}
 
-    def routing() -> dict:
-        """Where each kind of photo is decoded and encoded on this device."""
-        from serving.runtime.imageio import decode_images, encode_images
-
-        datas = {"gray_jpeg": photos[0], "color_jpeg": gray_jpeg(64, 48, color=True)}
-        decoded = decode_images(list(datas.values()), 10**8, device)
-        found = {k: str(i.pixels_tensor().device) for k, i in zip(datas, decoded, strict=True)}
-        rgb = torch.zeros(3, 48, 64, dtype=torch.uint8, device=device) + 99
-        (jpeg,) = encode_images([rgb], [None], ["jpeg"], [90])
-        found["encoded_jpeg_bytes"] = len(jpeg) if isinstance(jpeg, bytes) else repr(jpeg)
-        if nvjpeg.usable(device):  # any error nvJPEG raises, which decode_images would hide
-            for name, channels in (("gray_jpeg", 1), ("color_jpeg", 3)):
-                try:
-                    nvjpeg.decode([datas[name]], channels, device)
-                except Exception as exc:
-                    found[f"{name}_nvjpeg_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        return found
-
-    section("routing", routing)
-    section("network", networks)
+    sink("network", networks)
     net = {r["batch"]: r["loaded_img_s"] for r in results.get("network", {}).get("rows", [])}
 
     def pipelines() -> list:
         rows = []
         for batch in batches:
-            for fmt in ("jpeg", "png"):
+            for fmt in ("jpeg", "png") if batch == batches[0] else ("jpeg",):
                 for path, pipeline in pipes.items():
                     img_s, stages = whole(pipeline, path, photos[:batch], fmt, args.repeats)
                     ratio = round(img_s / net[batch], 3) if net else None
@@ -319,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "over_network": ratio})  # fmt: skip
         return rows
 
-    section("pipeline_512px", pipelines)
+    sink("pipeline_512px", pipelines)
 
     def faded_color() -> dict:
         batch = max(batches)
@@ -327,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         img_s, stages = whole(pipes["served"], "served", datas, "jpeg", args.repeats)
         return {"batch": batch, "img_s": round(img_s, 1), "stage_ms": stages}
 
-    section("faded_color_512px", faded_color)
+    sink("faded_color_512px", faded_color)
 
     def large() -> list:
         rows = []
-        for width, height in ((1155, 866), (4000, 3000)) if not quick else ((1155, 866),):
+        for width, height in ((1155, 866), (4000, 3000)) if not args.quick else ((1155, 866),):
             data = gray_jpeg(width, height)
             for path, pipeline in pipes.items():
                 img_s, stages = whole(pipeline, path, [data], "jpeg", 3)
@@ -339,39 +368,53 @@ def main(argv: list[str] | None = None) -> int:
                              "ms": round(1e3 / img_s, 1), "stage_ms": stages})  # fmt: skip
         return rows
 
-    section("large_photos", large)
+    sink("large_photos", large)
     pipes.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    def processes() -> list:
-        counts = (1, 2) if quick else PROCESSES
-        return [shared_gpu(model, args, n, max(batches)) for n in counts] + (
-            [] if quick else [shared_gpu(model, args, 4, 16)]
-        )
 
-    section("shared_gpu", processes)
-    section("gpu_tests", lambda: run_pytest(args.out))
-    section("pipeline_bench", lambda: run_pipeline_bench(args, model))
-    print_summary(results)
-    return 0 if not results["errors"] else 1
+def routing(device: torch.device) -> dict:
+    """Where each kind of photo is decoded and encoded on this device."""
+    from serving.runtime.imageio import decode_images, encode_images
+
+    datas = {"gray_jpeg": gray_jpeg(64, 48), "color_jpeg": gray_jpeg(64, 48, color=True)}
+    decoded = decode_images(list(datas.values()), 10**8, device)
+    found = {k: str(i.pixels_tensor().device) for k, i in zip(datas, decoded, strict=True)}
+    rgb = torch.zeros(3, 48, 64, dtype=torch.uint8, device=device) + 99
+    (jpeg,) = encode_images([rgb], [None], ["jpeg"], [90])
+    found["encoded_jpeg_bytes"] = len(jpeg) if isinstance(jpeg, bytes) else repr(jpeg)
+    if nvjpeg.usable(device):  # any error nvJPEG raises, which decode_images would hide
+        for name, channels in (("gray_jpeg", 1), ("color_jpeg", 3)):
+            try:
+                nvjpeg.decode([datas[name]], channels, device)
+            except Exception as exc:
+                found[f"{name}_nvjpeg_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return found
+
+
+def shared_gpu_rows(model: Path, args, batches, quick: bool) -> list:
+    counts = (1, 2) if quick else PROCESSES
+    rows = [shared_gpu(model, args, n, max(batches)) for n in counts]
+    return rows + ([] if quick else [shared_gpu(model, args, 4, 16)])
 
 
 def print_summary(results: dict) -> None:
-    print(json.dumps(results["environment"]), str(results["model"])[:160], sep="\n")
+    print(json.dumps(results["environment"]))
     print("routing:", results.get("routing"))
-    network = results.get("network", {})
-    for r in network.get("rows", []):
-        print(f"network batch {r['batch']:>3}: {r['loaded_img_s']:>8} img/s "
-              f"(frozen {r.get('frozen_img_s')})")  # fmt: skip
-    print(f"{'batch':>5} {'fmt':>4} {'path':>9} {'img/s':>8} {'/network':>9}  stage ms")
-    for r in results.get("pipeline_512px", []):
-        print(f"{r['batch']:>5} {r['format']:>4} {r['path']:>9} {r['img_s']:>8} "
-              f"{r['over_network']!s:>9}  {r['stage_ms']}")  # fmt: skip
-    if "faded_color_512px" in results:
-        print("faded color:", results["faded_color_512px"])
-    for r in results.get("large_photos", []):
-        print(f"{r['size']:>10} {r['path']:>9} {r['ms']:>8} ms  {r['stage_ms']}")
+    for name, found in results["models"].items():
+        print(f"== {name}: {found['model'][:150]} ({found.get('dtype', '?')})")
+        for r in found.get("network", {}).get("rows", []):
+            print(f"network batch {r['batch']:>3}: {r['loaded_img_s']:>8} img/s (cudnn.benchmark "
+                  f"{r.get('cudnn_benchmark')}, frozen {r.get('frozen_img_s')})")  # fmt: skip
+        print(f"{'batch':>5} {'fmt':>4} {'path':>9} {'img/s':>8} {'/network':>9}  stage ms")
+        for r in found.get("pipeline_512px", []):
+            print(f"{r['batch']:>5} {r['format']:>4} {r['path']:>9} {r['img_s']:>8} "
+                  f"{r['over_network']!s:>9}  {r['stage_ms']}")  # fmt: skip
+        if "faded_color_512px" in found:
+            print("faded color:", found["faded_color_512px"])
+        for r in found.get("large_photos", []):
+            print(f"{r['size']:>10} {r['path']:>9} {r['ms']:>8} ms  {r['stage_ms']}")
     for r in results.get("shared_gpu", []):
         print(f"{r['processes']} processes x batch {r['batch']}: {r['img_s']} img/s")
     print("gpu tests:", results.get("gpu_tests"))

@@ -150,10 +150,13 @@ def test_val_photos_match_the_reference(pipeline, path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_the_cpu(pipeline):
-    cuda = ColorizePipeline.load(MODEL, "cuda", "fp32")
+def test_cuda_matches_the_cpu(tiny_model):
+    """A network exported by this machine's torch (the lent GPU machine's torch may be older
+    than the one that exported the shipped file, and TorchScript does not load backwards)."""
+    cpu = ColorizePipeline.load(tiny_model, "cpu", "fp32")
+    cuda = ColorizePipeline.load(tiny_model, "cuda", "fp32")
     data = TEST_PHOTOS[0].read_bytes()
-    assert far_fraction(new_colorize(cuda, data), new_colorize(pipeline, data)) <= MAX_FAR_FRACTION
+    assert far_fraction(new_colorize(cuda, data), new_colorize(cpu, data)) <= MAX_FAR_FRACTION
 
 
 def test_8_bit_lab_to_rgb_matches_the_float_function():
