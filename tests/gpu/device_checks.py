@@ -143,18 +143,16 @@ def network_alone(pipeline: ColorizePipeline, module, batch: int, repeats: int) 
     return batch / timed(run, device, repeats, warmups=3)
 
 
-def frozen(pipeline: ColorizePipeline) -> tuple[torch.jit.ScriptModule, float]:
-    """The loaded module frozen and optimized for inference, and its largest difference from
-    the loaded one on random inputs (same dtype)."""
-    module = torch.jit.optimize_for_inference(torch.jit.freeze(pipeline.module.eval()))
+def max_difference(pipeline: ColorizePipeline, other) -> float:
+    """Largest |pipeline.module - other| over a random batch (the pipeline's dtype)."""
     spec, device = pipeline.spec, pipeline.device
     to = dict(device=device, dtype=pipeline.dtype, memory_format=torch.channels_last)
     l_in = (torch.rand(4, 1, spec.l_size, spec.l_size) * 2 - 1).to(**to)
     gray = (torch.rand(4, 1, spec.gray_size, spec.gray_size) * 2 - 1).to(**to)
     with torch.inference_mode():
-        for _ in range(3):
-            a, b = pipeline.module(l_in, gray).float(), module(l_in, gray).float()
-    return module, float((a - b).abs().max())
+        for _ in range(3):  # past the profiling executor's first runs
+            a, b = pipeline.module(l_in, gray).float(), other(l_in, gray).float()
+    return float((a - b).abs().max())
 
 
 def per_photo_batch(pipeline: ColorizePipeline, datas: list[bytes], fmt: str, marks: list):
@@ -304,34 +302,26 @@ def main(argv: list[str] | None = None) -> int:
 def measure_model(model: Path, results: dict, args, batches, sink) -> None:
     """Network alone, the whole pipeline before/now, 1 and 12 MP photos, for one network."""
     device = torch.device(args.device)
-    pipes = {
+    pipes = {  # now, and as the handler ran before issue #11 (not frozen, per-photo work)
         "served": ColorizePipeline.load(model, device, args.precision),
-        "per_photo": ColorizePipeline.load(model, device, args.precision),
+        "per_photo": ColorizePipeline.load(
+            model, device, args.precision, batched_pixels=False, freeze=False
+        ),
     }
-    pipes["per_photo"].batched_pixels = False
     results["dtype"] = str(pipes["served"].dtype).removeprefix("torch.")
     photos = [gray_jpeg(SIDE, SIDE, seed=i) for i in range(max(batches))]
 
     def networks() -> dict:
-        served = pipes["served"]
+        """The served (frozen on CUDA) module and the module as exported, same inputs."""
+        served, exported = pipes["served"], pipes["per_photo"]
         rows = []
         for batch in batches:
-            row = {"batch": batch}
-            for benchmark in (False, True):  # cuDNN's autotuner off (default) / on
-                torch.backends.cudnn.benchmark = benchmark
-                img_s = network_alone(served, served.module, batch, args.repeats)
-                row["cudnn_benchmark" if benchmark else "loaded_img_s"] = round(img_s, 1)
-            torch.backends.cudnn.benchmark = False
-            rows.append(row)
-        try:
-            module, diff = frozen(served)
-        except Exception as exc:  # report, keep the loaded figures
-            return {"rows": rows, "frozen_error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-        for row in rows:
-            row["frozen_img_s"] = round(
-                network_alone(served, module, row["batch"], args.repeats), 1
-            )
-        return {"rows": rows, "frozen_max_abs_diff": diff}
+            now = network_alone(served, served.module, batch, args.repeats)
+            before = network_alone(served, exported.module, batch, args.repeats)
+            rows.append({"batch": batch, "loaded_img_s": round(now, 1),
+                         "exported_img_s": round(before, 1)})  # fmt: skip
+        return {"rows": rows, "served_frozen": served.frozen,
+                "max_abs_diff": max_difference(served, exported.module)}  # fmt: skip
 
     sink("network", networks)
     net = {r["batch"]: r["loaded_img_s"] for r in results.get("network", {}).get("rows", [])}
@@ -405,8 +395,8 @@ def print_summary(results: dict) -> None:
     for name, found in results["models"].items():
         print(f"== {name}: {found['model'][:150]} ({found.get('dtype', '?')})")
         for r in found.get("network", {}).get("rows", []):
-            print(f"network batch {r['batch']:>3}: {r['loaded_img_s']:>8} img/s (cudnn.benchmark "
-                  f"{r.get('cudnn_benchmark')}, frozen {r.get('frozen_img_s')})")  # fmt: skip
+            print(f"network batch {r['batch']:>3}: {r['loaded_img_s']:>8} img/s as served "
+                  f"({r['exported_img_s']} as exported)")  # fmt: skip
         print(f"{'batch':>5} {'fmt':>4} {'path':>9} {'img/s':>8} {'/network':>9}  stage ms")
         for r in found.get("pipeline_512px", []):
             print(f"{r['batch']:>5} {r['format']:>4} {r['path']:>9} {r['img_s']:>8} "

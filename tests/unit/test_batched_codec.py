@@ -166,3 +166,14 @@ def test_batched_pixels_match_the_row_strips(tiny_model, strip_pixels):
     for x, y in zip(strips.finish_images(a, ab), batched.finish_images(b, ab), strict=True):
         assert x.shape == y.shape and y.is_contiguous() and y.dtype == torch.uint8
         assert int((x.int() - y.int()).abs().max()) <= 1
+
+
+def test_a_frozen_network_gives_the_exported_ones_colors(tiny_model):
+    """The GPU freezes the network for inference (``freeze``); the same code on the CPU
+    must give the module's own output, to float rounding."""
+    images = [decode_image(p.read_bytes()) for p in photo_paths()[:2]]
+    exported = ColorizePipeline.load(tiny_model, CPU, "fp32")
+    frozen = ColorizePipeline.load(tiny_model, CPU, "fp32", freeze=True)
+    assert frozen.frozen and not exported.frozen
+    batch = exported.prepare(images)
+    assert torch.allclose(exported.infer(batch), frozen.infer(batch), atol=1e-4)
