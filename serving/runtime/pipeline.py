@@ -15,6 +15,11 @@ Two ways in and out:
   of 8-bit values are tables (``colorspace``). Peak memory grows by about
   ``PEAK_BYTES_PER_PIXEL`` per pixel of the photo, against ~143 for the whole-image
   float path (`colorizer pipeline-bench`; tests/unit/test_pixels_memory.py).
+
+On a GPU (``batched_pixels``) the same per-pixel functions run once per group of photos
+laid end to end instead (``pixel_groups``): there a kernel launch costs more than the work
+on a small photo's pixels, and results stay on the device for nvJPEG (``finish_images``).
+The network is frozen for inference there too (``freeze``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ log = logging.getLogger(__name__)
 # Pixels per row strip of the full-resolution work. On a CPU, per-kernel overhead beats
 # cache residency: finish at 12 MP took 2.3-2.7 s with 16 K-pixel strips, 1.3-1.5 s with
 # 64 K, 1.0-1.2 s with 256 K (one busy 2-core EPYC, 1 thread); a strip's temporaries stay
-# ~20 MB. A GPU wants few, large kernels.
+# ~20 MB. A GPU wants few, large kernels: on CUDA this is the pixels of one group of photos
+# (64 photos of 0.25 MP make one group; ~96 bytes per pixel of temporaries at the peak).
 CPU_STRIP_PIXELS = 1 << 18
 CUDA_STRIP_PIXELS = 1 << 24
 # Budget for the growth of a worker's peak memory per pixel of one photo on the 8-bit

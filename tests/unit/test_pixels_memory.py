@@ -44,6 +44,16 @@ def cpu_pod_memory_limit() -> int:
     return _quantity(container["resources"]["limits"]["memory"])
 
 
+def gpu_pod_memory_limit() -> int:
+    patch = yaml.safe_load(
+        (ROOT / "k8s" / "overlays" / "gpu" / "deployment-patch.yaml").read_text()
+    )
+    (container,) = [
+        c for c in patch["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
+    ]
+    return _quantity(container["resources"]["limits"]["memory"])
+
+
 def worst_case_bytes(profile: dict, pod_limit: int) -> int:
     """JVM + workers x (base + batchSize x max_pixels x PEAK_BYTES_PER_PIXEL)."""
     per_batch = profile["batchSize"] * profile["handler"]["max_pixels"] * PEAK_BYTES_PER_PIXEL
@@ -59,6 +69,19 @@ def test_the_cpu_profile_worst_case_fits_the_cpu_pod():
         f"cpu profile worst case {worst / GIB:.1f} GiB > pod limit {limit / GIB:.1f} GiB: "
         "lower batchSize, maxWorkers or max_pixels (k8s/CAPACITY.md)"
     )
+
+
+def test_the_gpu_profile_worst_case_fits_the_gpu_pod():
+    """On a GPU most photos never reach host memory (nvJPEG), but a batch of PNGs does: the
+    same budget per pixel holds the host side of a full batch of the largest photos."""
+    profiles = yaml.safe_load((ROOT / "serving" / "launcher" / "model-config.yaml").read_text())
+    limit = gpu_pod_memory_limit()
+    worst = worst_case_bytes(profiles["gpu"], limit)
+    assert worst <= limit, (
+        f"gpu profile worst case {worst / GIB:.1f} GiB > pod limit {limit / GIB:.1f} GiB: "
+        "lower batchSize or max_pixels, or raise the gpu pod's memory (k8s/CAPACITY.md)"
+    )
+    assert worst_case_bytes(profiles["gpu"], 32 * GIB) > 32 * GIB  # why the pod has 64 GiB
 
 
 def test_batches_of_four_40_mp_photos_would_not_fit():
