@@ -241,9 +241,8 @@ class ColorizerHandler:
         received: list[tuple[int, bytes, int]] = []  # (index, photo bytes, quality)
         for idx, request in enumerate(data):
             try:
-                received.append(
-                    (idx, request_image(request), parse_quality(request_option(request, "quality")))
-                )
+                quality = parse_quality(request_option(request, "quality"))
+                received.append((idx, request_image(request), quality))
             except Exception as exc:
                 responses[idx] = self.fail(context, idx, exc)
         decoded = decode_images(
