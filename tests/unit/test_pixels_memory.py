@@ -36,20 +36,15 @@ def _quantity(text: str) -> int:
     return int(float(number) * units.get(unit, 1))
 
 
-def cpu_pod_memory_limit() -> int:
-    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
+CPU_POD = ROOT / "k8s" / "base" / "deployment.yaml"
+GPU_POD = ROOT / "k8s" / "overlays" / "gpu" / "deployment-patch.yaml"
+
+
+def pod_memory_limit(manifest: Path) -> int:
+    """The torchserve container's memory limit in a Deployment manifest or patch."""
+    deployment = yaml.safe_load(manifest.read_text())
     (container,) = [
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
-    ]
-    return _quantity(container["resources"]["limits"]["memory"])
-
-
-def gpu_pod_memory_limit() -> int:
-    patch = yaml.safe_load(
-        (ROOT / "k8s" / "overlays" / "gpu" / "deployment-patch.yaml").read_text()
-    )
-    (container,) = [
-        c for c in patch["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
     ]
     return _quantity(container["resources"]["limits"]["memory"])
 
@@ -63,7 +58,7 @@ def worst_case_bytes(profile: dict, pod_limit: int) -> int:
 
 def test_the_cpu_profile_worst_case_fits_the_cpu_pod():
     profiles = yaml.safe_load((ROOT / "serving" / "launcher" / "model-config.yaml").read_text())
-    limit = cpu_pod_memory_limit()
+    limit = pod_memory_limit(CPU_POD)
     worst = worst_case_bytes(profiles["cpu"], limit)
     assert worst <= limit, (
         f"cpu profile worst case {worst / GIB:.1f} GiB > pod limit {limit / GIB:.1f} GiB: "
@@ -75,7 +70,7 @@ def test_the_gpu_profile_worst_case_fits_the_gpu_pod():
     """On a GPU most photos never reach host memory (nvJPEG), but a batch of PNGs does: the
     same budget per pixel holds the host side of a full batch of the largest photos."""
     profiles = yaml.safe_load((ROOT / "serving" / "launcher" / "model-config.yaml").read_text())
-    limit = gpu_pod_memory_limit()
+    limit = pod_memory_limit(GPU_POD)
     worst = worst_case_bytes(profiles["gpu"], limit)
     assert worst <= limit, (
         f"gpu profile worst case {worst / GIB:.1f} GiB > pod limit {limit / GIB:.1f} GiB: "
@@ -87,7 +82,7 @@ def test_the_gpu_profile_worst_case_fits_the_gpu_pod():
 def test_batches_of_four_40_mp_photos_would_not_fit():
     """The arithmetic has teeth: the old cpu profile (batch 4) fails it."""
     old = {"batchSize": 4, "maxWorkers": 2, "handler": {"max_pixels": 40_000_000}}
-    assert worst_case_bytes(old, cpu_pod_memory_limit()) > cpu_pod_memory_limit()
+    assert worst_case_bytes(old, pod_memory_limit(CPU_POD)) > pod_memory_limit(CPU_POD)
 
 
 def peak_growth(photo: Path) -> int:
