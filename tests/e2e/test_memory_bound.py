@@ -14,7 +14,7 @@ import pytest
 from serving.benchmark import gray_jpeg
 from serving.client import ColorizerClient
 from serving.runtime.pipeline import PEAK_BYTES_PER_PIXEL
-from tests.unit.test_pixels_memory import GIB, WORKER_BASE_BYTES, cpu_pod_memory_limit
+from tests.unit.test_pixels_memory import CPU_POD, GIB, WORKER_BASE_BYTES, pod_memory_limit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,4 +43,4 @@ def test_four_concurrent_40_mp_photos_fit_the_cpu_pod(server):
     per_worker = WORKER_BASE_BYTES + WIDTH * HEIGHT * PEAK_BYTES_PER_PIXEL
     assert max(peaks) <= per_worker, [f"{p / GIB:.2f} GiB" for p in peaks]
     total = sum(peaks) + sum(p.memory_info().rss for p in java)
-    assert total <= cpu_pod_memory_limit(), f"{total / GIB:.2f} GiB"
+    assert total <= pod_memory_limit(CPU_POD), f"{total / GIB:.2f} GiB"
