@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from training.model import Colorizer, ColorizerConfig
+from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble
 
 
 def save_checkpoint(
@@ -51,3 +51,16 @@ def model_from_checkpoint(path: str | Path) -> Colorizer:
     model = Colorizer(ColorizerConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def models_from_checkpoints(paths: list[str | Path]) -> Colorizer | ColorizerEnsemble:
+    """One checkpoint's network, or several pooled as one ``ColorizerEnsemble`` (eval mode).
+
+    Raises ValueError (see ``training.model.check_ensemble``) when several cannot share a
+    backbone.
+    """
+    if not paths:
+        raise ValueError("no checkpoint given")
+    if len(paths) == 1:
+        return model_from_checkpoint(paths[0])
+    return ColorizerEnsemble([model_from_checkpoint(p) for p in paths]).eval()

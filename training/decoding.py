@@ -24,9 +24,9 @@ import torch
 from serving.runtime.device import pick_device, pick_dtype
 from serving.runtime.model_spec import ModelSpec
 from serving.runtime.pipeline import ColorizePipeline
-from training.checkpoint import model_from_checkpoint
+from training.checkpoint import models_from_checkpoints
 from training.evaluate import add_inference_options, image_metrics, photo_batches, summarize
-from training.model import Colorizer
+from training.model import Network
 
 MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
 DEFAULT_TEMPERATURES = (0.2, 0.3, 0.38, 0.5, 0.7, 1.0)
@@ -63,7 +63,7 @@ def choose(rows: list[dict], min_colorfulness_ratio: float) -> dict:
 
 
 def sweep(
-    model: Colorizer,
+    model: Network,
     data: str | Path,
     candidates: list[Decoding],
     device: torch.device,
@@ -119,7 +119,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "of `colorizer evaluate`; choose the highest PSNR gain whose colorfulness ratio reaches "
         "--min-colorfulness-ratio; write all scores and the choice to --out (JSON).",
     )
-    p.add_argument("checkpoint", type=Path, help="classification checkpoint from `train`")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="classification checkpoint from `train`; several (trained with the same frozen "
+        "backbone) are scored as one ensemble",
+    )
     p.add_argument("--data", type=Path, required=True, help="folder of validation photos")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument(
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if any(t <= 0 for t in args.temperatures):
         raise ValueError(f"temperatures must be > 0, got {args.temperatures}")
     device = pick_device(args.device)
-    model = model_from_checkpoint(args.checkpoint)
+    model = models_from_checkpoints(args.checkpoint)
     candidates = [Decoding(t, c) for t in args.temperatures for c in args.corrections]
     dtype = pick_dtype(device, args.precision)
     rows = sweep(model, args.data, candidates, device, dtype, args.batch_size)
@@ -159,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
             f"{r['temperature']:>11.3g} {r['prior_correction']:>10.3g} "
             f"{r['psnr_gain']:>9.3f} {r['colorfulness_ratio']:>11.3f}"
         )
-    result: dict = {"checkpoint": str(args.checkpoint), "data": str(args.data)}
+    checkpoints = [str(c) for c in args.checkpoint]
+    result: dict = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints}
+    result["data"] = str(args.data)
     result |= {"min_colorfulness_ratio": args.min_colorfulness_ratio, "rows": rows}
     try:
         result["choice"] = choose(rows, args.min_colorfulness_ratio)

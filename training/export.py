@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from serving.runtime.model_spec import ModelSpec, load_scripted, save_scripted
-from training.checkpoint import model_from_checkpoint
+from training.checkpoint import models_from_checkpoints
 from training.decoding import Decoding, read_choice
-from training.model import Colorizer
+from training.model import Network
 
 PARITY_TOLERANCE = 1e-4
 
@@ -32,22 +32,20 @@ def random_inputs(spec: ModelSpec, batch: int, seed: int) -> tuple[torch.Tensor,
     return l_in, gray
 
 
-def script_model(model: Colorizer) -> torch.jit.ScriptModule:
+def script_model(model: Network) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated but still the format
         return torch.jit.script(model.eval())
 
 
-def parity(model: Colorizer, scripted: torch.jit.ScriptModule, spec: ModelSpec, seed: int) -> float:
+def parity(model: Network, scripted: torch.jit.ScriptModule, spec: ModelSpec, seed: int) -> float:
     """Max |eager - scripted| over a fresh random batch, fp32."""
     l_in, gray = random_inputs(spec, batch=2, seed=seed)
     with torch.inference_mode():
         return float((model(l_in, gray) - scripted(l_in, gray)).abs().max())
 
 
-def export(
-    model: Colorizer, out: str | Path, spec: ModelSpec = ModelSpec(), seed: int = 0
-) -> float:
+def export(model: Network, out: str | Path, spec: ModelSpec = ModelSpec(), seed: int = 0) -> float:
     """Script, check parity (before AND after a save/load round trip), write ``out``.
 
     Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
@@ -80,7 +78,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "model's input sizes and scaling constants embedded.",
     )
     p.add_argument(
-        "checkpoint", type=Path, help="checkpoint written by `colorizer train` (last.pt)"
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="checkpoint written by `colorizer train` (last.pt); several classification "
+        "checkpoints trained with the same frozen backbone export as one ensemble",
     )
     p.add_argument("--out", type=Path, required=True, help="TorchScript file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
@@ -97,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = model_from_checkpoint(args.checkpoint)
+    model = models_from_checkpoints(args.checkpoint)
     if args.decoding or args.temperature is not None or args.prior_correction is not None:
         cfg = model.config
         chosen = (

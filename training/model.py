@@ -159,15 +159,8 @@ class Colorizer(nn.Module):
             part.apply(_he_init)
 
     def embed_input(self, gray: torch.Tensor) -> torch.Tensor:
-        """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s) in [-1, 1].
-
-        s = config.embed_size (bilinear, antialiased) or G when unset.
-        """
-        if self.embed_size > 0 and gray.shape[-1] != self.embed_size:
-            gray = F.interpolate(
-                gray, size=(self.embed_size, self.embed_size), mode="bilinear", antialias=True
-            )
-        return gray.expand(-1, 3, -1, -1)
+        """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s), see ``backbone_input``."""
+        return backbone_input(gray, self.embed_size)
 
     def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         """Raw head output at 112x112: (B, 2, 112, 112) pre-tanh, or (B, Q, 112, 112) logits."""
@@ -181,11 +174,10 @@ class Colorizer(nn.Module):
         Classification: prior correction, then the annealed mean at ``temperature``.
         """
         if self.classify:
-            logits = adjust_for_prior(out, self.class_weights, self.prior_correction)
-            ab = annealed_mean(logits, self.bin_centers, self.temperature).to(out.dtype)
-        else:
-            ab = torch.tanh(out)
-        return F.interpolate(ab, scale_factor=2.0, mode="nearest")
+            return decode_logits(
+                out, self.class_weights, self.bin_centers, self.prior_correction, self.temperature
+            )
+        return F.interpolate(torch.tanh(out), scale_factor=2.0, mode="nearest")
 
     def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         return self.decode(self.head_output(l_224, gray_299))
@@ -197,14 +189,137 @@ class Colorizer(nn.Module):
         """
         if not self.classify:
             raise ValueError("decoding settings apply to the classification head only")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.config = replace(
-            self.config, temperature=float(temperature), prior_correction=float(prior_correction)
+        return _set_decoding(self, temperature, prior_correction)
+
+
+def backbone_input(gray: torch.Tensor, embed_size: int) -> torch.Tensor:
+    """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s) in [-1, 1].
+
+    s = ``embed_size`` (bilinear, antialiased) or G when it is 0.
+    """
+    if embed_size > 0 and gray.shape[-1] != embed_size:
+        gray = F.interpolate(gray, size=(embed_size, embed_size), mode="bilinear", antialias=True)
+    return gray.expand(-1, 3, -1, -1)
+
+
+def decode_logits(
+    logits: torch.Tensor,
+    class_weights: torch.Tensor,
+    bin_centers: torch.Tensor,
+    prior_correction: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Logits (B, Q, 112, 112) -> a*b* (B, 2, 224, 224) in [-1, 1], logits' dtype.
+
+    The prior correction (see ``adjust_for_prior``), then the annealed mean at
+    ``temperature`` over ``bin_centers`` (Q, 2), then nearest 2x upsampling.
+    """
+    adjusted = adjust_for_prior(logits, class_weights, prior_correction)
+    ab = annealed_mean(adjusted, bin_centers, temperature).to(logits.dtype)
+    return F.interpolate(ab, scale_factor=2.0, mode="nearest")
+
+
+def _set_decoding(module, temperature: float, prior_correction: float):
+    """Set a classification network's decoding (config and TorchScript constants), in place."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    module.config = replace(
+        module.config, temperature=float(temperature), prior_correction=float(prior_correction)
+    )
+    module.temperature = module.config.temperature
+    module.prior_correction = module.config.prior_correction
+    return module
+
+
+class ColorBranch(nn.Module):
+    """One trained network's own layers around a given embedding.
+
+    forward(l_224 (B,1,224,224) in [-1,1], embedding (B,E)) -> logits (B,Q,112,112).
+    """
+
+    def __init__(self, model: Colorizer) -> None:
+        super().__init__()
+        self.encoder, self.fusion = model.encoder, model.fusion
+        self.decoder, self.head = model.decoder, model.head
+
+    def forward(self, l_224: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.fusion(self.encoder(l_224), embedding)))
+
+
+class ColorizerEnsemble(nn.Module):
+    """Several classification networks trained with one frozen backbone (e.g. seeds of one
+    recipe), run as one: the backbone once, then each member's encoder, fusion, decoder and
+    head; their per-pixel bin distributions are pooled by averaging log-probabilities
+    (a geometric mean), then decoded like one ``Colorizer``.
+
+    Same interface as ``Colorizer`` (forward, head_output, decode, with_decoding, config),
+    so tuning, export and serving treat it as one network.
+    """
+
+    __constants__ = ["classify", "temperature", "prior_correction", "embed_size"]
+
+    def __init__(self, members: list[Colorizer]) -> None:
+        super().__init__()
+        check_ensemble(members)
+        first = members[0]
+        self.config = first.config
+        self.classify = True
+        self.temperature = first.temperature
+        self.prior_correction = first.prior_correction
+        self.embed_size = first.embed_size
+        self.backbone = first.backbone
+        self.branches = nn.ModuleList([ColorBranch(m) for m in members])
+        self.register_buffer("bin_centers", first.bin_centers.clone())
+        self.register_buffer("class_weights", first.class_weights.clone())
+
+    def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        """Pooled log-probabilities (B, Q, 112, 112), the members' mean log-softmax."""
+        embedding = self.backbone(backbone_input(gray_299, self.embed_size))  # (B, E)
+        log_probs: list[torch.Tensor] = []
+        for branch in self.branches:
+            log_probs.append(torch.log_softmax(branch(l_224, embedding), dim=1))
+        return torch.stack(log_probs).mean(dim=0)
+
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        """Pooled log-probabilities -> a*b* (B, 2, 224, 224) in [-1, 1], see ``decode_logits``."""
+        return decode_logits(
+            out, self.class_weights, self.bin_centers, self.prior_correction, self.temperature
         )
-        self.temperature = self.config.temperature
-        self.prior_correction = self.config.prior_correction
-        return self
+
+    def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.head_output(l_224, gray_299))
+
+    def with_decoding(self, temperature: float, prior_correction: float) -> ColorizerEnsemble:
+        """This ensemble (in place) decoding with the given settings; ValueError if T <= 0."""
+        return _set_decoding(self, temperature, prior_correction)
+
+
+def check_ensemble(members: list[Colorizer]) -> None:
+    """Raise ValueError unless ``members`` can share one backbone: at least two
+    classification networks with the same config (decoding aside), the same bins and
+    class weights, and bit-identical backbone weights (a frozen pretrained backbone)."""
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two networks, got {len(members)}")
+    first = members[0]
+    if not first.classify:
+        raise ValueError("ensembles pool the classification head's bins; got a regression head")
+    shape = replace(first.config, temperature=0.0, prior_correction=0.0)
+    reference = first.backbone.state_dict()
+    for i, m in enumerate(members[1:], start=1):
+        if replace(m.config, temperature=0.0, prior_correction=0.0) != shape:
+            raise ValueError(f"network {i} has another config than network 0: {m.config}")
+        if not torch.equal(m.class_weights, first.class_weights):
+            raise ValueError(f"network {i} was trained with other class weights than network 0")
+        theirs = m.backbone.state_dict()
+        if any(not torch.equal(reference[k], theirs[k]) for k in reference):
+            raise ValueError(
+                f"network {i}'s backbone weights differ from network 0's; an ensemble shares "
+                "one backbone, so its members must be trained with the backbone frozen "
+                "(--backbone-lr-scale 0) from the same weights"
+            )
+
+
+Network = Colorizer | ColorizerEnsemble  # what tuning and export take
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -254,6 +369,8 @@ def build_model(config: ColorizerConfig, backbone_weights: str | Path | None = N
 __all__ = [
     "ColorizerConfig",
     "Colorizer",
+    "ColorizerEnsemble",
+    "Network",
     "PRESETS",
     "preset",
     "build_model",

@@ -1,0 +1,119 @@
+"""Ensembles: several classification networks sharing one frozen backbone, run as one."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from serving.cli import main
+from serving.runtime.model_spec import load_scripted
+from serving.runtime.pipeline import ColorizePipeline
+from tests.support.models import TINY
+from training.checkpoint import models_from_checkpoints, save_checkpoint
+from training.evaluate import evaluate
+from training.export import random_inputs
+from training.model import Colorizer, ColorizerEnsemble, count_parameters
+
+PHOTOS = "tests/data/photos"
+CLASSIFIER = replace(TINY, head="classification")
+
+
+def members(count: int = 2) -> list[Colorizer]:
+    """Networks with their own random trunks and one shared backbone, as seeds of a
+    frozen-backbone recipe give, and uneven class weights, as rebalancing gives."""
+    nets = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        net = Colorizer(CLASSIFIER).eval()
+        net.class_weights.copy_(torch.linspace(0.2, 5.0, len(net.class_weights)))
+        nets.append(net)
+    for net in nets[1:]:
+        net.backbone.load_state_dict(nets[0].backbone.state_dict())
+    return nets
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 1, 224, 224, generator=gen) * 2 - 1, torch.rand(
+        2, 1, 299, 299, generator=gen
+    ) * 2 - 1
+
+
+def test_pools_the_members_log_probabilities():
+    nets = members(3)
+    l_in, gray = inputs()
+    with torch.inference_mode():
+        expected = torch.stack([n.head_output(l_in, gray).log_softmax(1) for n in nets]).mean(0)
+        pooled = ColorizerEnsemble(nets).head_output(l_in, gray)
+    assert pooled.shape == (2, len(nets[0].bin_centers), 112, 112)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    assert not torch.allclose(pooled, nets[0].head_output(l_in, gray).log_softmax(1), atol=1e-3)
+
+
+def test_an_ensemble_of_one_network_twice_decodes_like_the_network():
+    net = members(1)[0].with_decoding(0.5, 0.25)
+    twice = ColorizerEnsemble([net, net]).with_decoding(0.5, 0.25)
+    l_in, gray = inputs(1)
+    with torch.inference_mode():
+        ab = twice(l_in, gray)
+        assert ab.shape == (2, 2, 224, 224)
+        assert torch.allclose(ab, net(l_in, gray), atol=1e-5)
+
+
+def test_refuses_members_that_cannot_share_a_backbone():
+    with pytest.raises(ValueError, match="at least two"):
+        ColorizerEnsemble(members(1))
+    with pytest.raises(ValueError, match="regression"):
+        ColorizerEnsemble([Colorizer(TINY), Colorizer(TINY)])
+    a, b = members()
+    with torch.no_grad():
+        next(b.backbone.parameters()).add_(0.01)
+    with pytest.raises(ValueError, match="backbone frozen"):
+        ColorizerEnsemble([a, b])
+    a, b = members()
+    b.class_weights.fill_(1.0)
+    with pytest.raises(ValueError, match="class weights"):
+        ColorizerEnsemble([a, b])
+    wider = Colorizer(replace(CLASSIFIER, fusion_channels=4))
+    with pytest.raises(ValueError, match="another config"):
+        ColorizerEnsemble([members(1)[0], wider])
+
+
+def test_tune_export_and_serve_an_ensemble_from_checkpoints(tmp_path):
+    paths = []
+    for i, net in enumerate(members(2)):
+        paths.append(str(tmp_path / f"seed{i}.pt"))
+        save_checkpoint(paths[-1], net, None, epoch=0)
+    result = tmp_path / "decoding.json"
+    grid = ["--temperatures", "0.5,1", "--corrections", "0,1", "--min-colorfulness-ratio", "0"]
+    args = [*paths, "--data", PHOTOS, "--out", str(result), "--precision", "fp32", *grid]
+    assert main(["tune-decoding", *args]) == 0
+    report = json.loads(result.read_text())
+    assert report["checkpoint"] == paths
+
+    exported = tmp_path / "ensemble.pt"
+    assert main(["export", *paths, "--out", str(exported), "--decoding", str(result)]) == 0
+    module, spec = load_scripted(exported)
+    # The backbone is stored once: one network's parameters plus one more trunk.
+    one, ensemble = models_from_checkpoints(paths[:1]), models_from_checkpoints(paths)
+    trunk = count_parameters(one) - count_parameters(one.backbone)
+    assert count_parameters(module) == count_parameters(one) + trunk
+    l_in, gray = random_inputs(spec, 1, seed=5)
+    with torch.inference_mode():
+        ensemble.with_decoding(module.temperature, module.prior_correction)
+        assert torch.allclose(module(l_in, gray), ensemble(l_in, gray), atol=1e-5)
+    pipeline = ColorizePipeline(module, spec, torch.device("cpu"), torch.float32)
+    summary = evaluate(pipeline, PHOTOS, tmp_path / "report", progress=False)
+    assert summary["psnr"] == pytest.approx(report["choice"]["psnr"], abs=1e-3)
+
+
+def test_cli_names_the_mismatch(tmp_path, capsys):
+    a, b = members()
+    with torch.no_grad():
+        next(b.backbone.parameters()).add_(0.01)
+    paths = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    save_checkpoint(paths[0], a, None, epoch=0)
+    save_checkpoint(paths[1], b, None, epoch=0)
+    assert main(["export", *paths, "--out", str(tmp_path / "x.pt")]) == 2
+    assert "backbone weights differ" in capsys.readouterr().err
