@@ -1,4 +1,5 @@
-"""Per-photo cost of the compact network with each embedding backbone (issue #13).
+"""Per-photo cost of the compact network with each embedding backbone, and of ensembles of
+Lite0 networks sharing one frozen backbone (issue #13).
 
 ``python -m training.embedding_cost``: batch 1, fp32, one thread; the variants run in
 interleaved rounds so their ratios hold on a busy machine. Random weights: cost only.
@@ -11,7 +12,7 @@ import time
 
 import torch
 
-from training.model import Colorizer, count_parameters, preset
+from training.model import Colorizer, ColorizerEnsemble, count_parameters, preset
 
 VARIANTS = {
     "mobilenetv3_small_100@299": {"backbone": "mobilenetv3_small_100"},
@@ -19,6 +20,16 @@ VARIANTS = {
     "tf_efficientnet_lite1@240": {"backbone": "tf_efficientnet_lite1", "embed_size": 240},
     "tf_efficientnet_lite2@260": {"backbone": "tf_efficientnet_lite2", "embed_size": 260},
 }
+ENSEMBLE_SIZES = (2, 3)  # members of a Lite0 ensemble (one backbone, one trunk each)
+
+
+def lite0_ensemble(size: int) -> ColorizerEnsemble:
+    """``size`` random compact Lite0 networks sharing the first one's backbone."""
+    kw = VARIANTS["tf_efficientnet_lite0@224"]
+    nets = [Colorizer(preset("compact", head="classification", **kw)) for _ in range(size)]
+    for net in nets[1:]:
+        net.backbone.load_state_dict(nets[0].backbone.state_dict())
+    return ColorizerEnsemble(nets)
 
 
 def main(rounds: int = 7, reps: int = 5) -> None:
@@ -26,7 +37,7 @@ def main(rounds: int = 7, reps: int = 5) -> None:
     models = {
         name: Colorizer(preset("compact", head="classification", **kw)).eval()
         for name, kw in VARIANTS.items()
-    }
+    } | {f"tf_efficientnet_lite0@224 x{k}": lite0_ensemble(k).eval() for k in ENSEMBLE_SIZES}
     l_in = torch.rand(1, 1, 224, 224) * 2 - 1  # (1, 1, 224, 224) in [-1, 1]
     gray = torch.rand(1, 1, 299, 299) * 2 - 1  # (1, 1, 299, 299) in [-1, 1]
     times: dict[str, list[float]] = {name: [] for name in models}
