@@ -2,11 +2,13 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from serving.cli import main
+from serving.runtime.imageio import decode_image
 from serving.runtime.model_spec import load_scripted
 from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
@@ -106,6 +108,15 @@ def test_tune_export_and_serve_an_ensemble_from_checkpoints(tmp_path):
     pipeline = ColorizePipeline(module, spec, torch.device("cpu"), torch.float32)
     summary = evaluate(pipeline, PHOTOS, tmp_path / "report", progress=False)
     assert summary["psnr"] == pytest.approx(report["choice"]["psnr"], abs=1e-3)
+
+    # A GPU worker freezes the network (jit.freeze + optimize_for_inference); the loop
+    # over members must survive that with the same output.
+    frozen = ColorizePipeline.load(exported, "cpu", "fp32", freeze=True)
+    batch = pipeline.prepare(
+        [decode_image(p.read_bytes()) for p in sorted(Path(PHOTOS).glob("*.jpg"))[:2]]
+    )
+    assert frozen.frozen
+    assert torch.allclose(pipeline.infer(batch), frozen.infer(batch), atol=1e-4)
 
 
 def test_cli_names_the_mismatch(tmp_path, capsys):
