@@ -82,7 +82,8 @@ def test_the_gpu_profile_worst_case_fits_the_gpu_pod():
 def test_batches_of_four_40_mp_photos_would_not_fit():
     """The arithmetic has teeth: the old cpu profile (batch 4) fails it."""
     old = {"batchSize": 4, "maxWorkers": 2, "handler": {"max_pixels": 40_000_000}}
-    assert worst_case_bytes(old, pod_memory_limit(CPU_POD)) > pod_memory_limit(CPU_POD)
+    limit = pod_memory_limit(CPU_POD)
+    assert worst_case_bytes(old, limit) > limit
 
 
 def peak_growth(photo: Path) -> int:
