@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble
+from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, build_model
 
 
 def save_checkpoint(
@@ -64,3 +64,80 @@ def models_from_checkpoints(paths: list[str | Path]) -> Colorizer | ColorizerEns
     if len(paths) == 1:
         return model_from_checkpoint(paths[0])
     return ColorizerEnsemble([model_from_checkpoint(p) for p in paths]).eval()
+
+
+# Tensors at least this large may travel in fp16 (slim_checkpoint(half=True)).
+HALF_MIN_NUMEL = 4096
+
+
+def backbone_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of a Colorizer state dict that belong to the embedding backbone."""
+    return [k for k in state if k.startswith("backbone.")]
+
+
+def backbone_as_loaded(ckpt: dict[str, Any]) -> bool:
+    """True when the checkpoint's backbone is bit-identical to its ImageNet weights as loaded.
+
+    That holds for runs trained with ``--backbone-lr-scale 0`` (weights and BatchNorm
+    statistics frozen); such a backbone can be left out of a slim checkpoint and reloaded
+    from the weights package. False when the run had no ``--backbone-weights``.
+    """
+    spec = ckpt.get("extra", {}).get("train_config", {}).get("backbone_weights")
+    if spec is None:
+        return False
+    fresh = build_model(ColorizerConfig.from_dict(ckpt["config"]), spec).state_dict()
+    return all(torch.equal(fresh[k], ckpt["model"][k]) for k in backbone_keys(fresh))
+
+
+def slim_checkpoint(ckpt: dict[str, Any], half: bool = False) -> dict[str, Any]:
+    """A checkpoint small enough to carry: no optimizer state, no backbone when it is the
+    weights package's unchanged (``backbone_as_loaded``), and with ``half`` every floating
+    tensor of at least HALF_MIN_NUMEL elements in fp16 (a lossy copy: the restored network
+    is then the one to evaluate and ship, not the trained one).
+
+    ``restore_checkpoint`` turns it back into a checkpoint every command reads.
+    """
+    state = dict(ckpt["model"])
+    omitted = None
+    if backbone_as_loaded(ckpt):
+        omitted = ckpt["extra"]["train_config"]["backbone_weights"]
+        for key in backbone_keys(state):
+            del state[key]
+    halved = []
+    if half:
+        for key, t in state.items():
+            if t.is_floating_point() and t.numel() >= HALF_MIN_NUMEL:
+                state[key], halved = t.half(), [*halved, key]
+    return {
+        "config": ckpt["config"],
+        "model": state,
+        "epoch": ckpt["epoch"],
+        "extra": ckpt.get("extra", {}),
+        "backbone_from": omitted,
+        "halved": halved,
+    }
+
+
+def restore_checkpoint(slim: dict[str, Any]) -> dict[str, Any]:
+    """The full checkpoint (optimizer None) of a ``slim_checkpoint``; a left-out backbone
+    is reloaded from its weights package. Raises ValueError when keys are missing."""
+    config = ColorizerConfig.from_dict(slim["config"])
+    model = (
+        build_model(config, slim["backbone_from"]) if slim["backbone_from"] else Colorizer(config)
+    )
+    full = model.state_dict()
+    missing = sorted(
+        set(full) - set(slim["model"]) - set(backbone_keys(full) if slim["backbone_from"] else [])
+    )
+    if missing:
+        raise ValueError(f"slim checkpoint lacks {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    for key, t in slim["model"].items():
+        full[key] = t.to(full[key].dtype)
+    model.load_state_dict(full)
+    return {
+        "config": slim["config"],
+        "model": model.state_dict(),
+        "optimizer": None,
+        "epoch": slim["epoch"],
+        "extra": slim["extra"],
+    }
