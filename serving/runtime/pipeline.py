@@ -181,6 +181,12 @@ class Prepared:
     gray_in: torch.Tensor
 
 
+def should_freeze(module: torch.nn.Module, device: torch.device) -> bool:
+    """Freeze by default on a GPU, and only a scripted network: `colorizer tune-decoding`
+    runs the eager one from a checkpoint, which ``torch.jit.freeze`` refuses."""
+    return device.type == "cuda" and isinstance(module, torch.jit.ScriptModule)
+
+
 class ColorizePipeline:
     """A loaded TorchScript colorizer on one device, with its spec."""
 
@@ -201,7 +207,7 @@ class ColorizePipeline:
         # Frozen for inference (weights as constants, conv+BN folded) on a GPU: on an H200
         # the paper's network went from 2,905 to 4,034 img/s at batch 64 and 1,149 to 2,324
         # at 16 (tests/gpu/RESULTS.md). The CPU keeps the module as exported (not measured).
-        self.frozen = device.type == "cuda" if freeze is None else freeze
+        self.frozen = should_freeze(module, device) if freeze is None else freeze
         if self.frozen:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
         self.module = module.eval()

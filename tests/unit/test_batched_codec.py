@@ -15,7 +15,7 @@ from PIL import Image
 from serving.runtime import nvjpeg
 from serving.runtime.errors import ColorizerError, CorruptImage, ImageTooLarge
 from serving.runtime.imageio import DecodedImage, decode_image, decode_images, encode_images
-from serving.runtime.pipeline import ColorizePipeline, pixel_groups
+from serving.runtime.pipeline import ColorizePipeline, pixel_groups, should_freeze
 from tests.support.photos import encode, photo_paths, synthetic_photo
 
 CPU = torch.device("cpu")
@@ -166,6 +166,18 @@ def test_batched_pixels_match_the_row_strips(tiny_model, strip_pixels):
     for x, y in zip(strips.finish_images(a, ab), batched.finish_images(b, ab), strict=True):
         assert x.shape == y.shape and y.is_contiguous() and y.dtype == torch.uint8
         assert int((x.int() - y.int()).abs().max()) <= 1
+
+
+def test_only_a_scripted_network_on_a_gpu_is_frozen_by_default(tiny_model):
+    """`colorizer tune-decoding --device cuda` hands the pipeline the eager network of a
+    checkpoint; torch.jit.freeze refuses that ("Freezing expects a ScriptModule"), which
+    stopped every tuning run of the H100 sweep (2026-11-27)."""
+    scripted = torch.jit.load(str(tiny_model))
+    eager = torch.nn.Conv2d(1, 2, 1)
+    cuda = torch.device("cuda")
+    assert should_freeze(scripted, cuda)
+    assert not should_freeze(eager, cuda)
+    assert not should_freeze(scripted, CPU)
 
 
 def test_a_frozen_network_gives_the_exported_ones_colors(tiny_model):
