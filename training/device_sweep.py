@@ -38,14 +38,24 @@ BASE = (
     "--backbone-weights efficientnet-lite0 --backbone-lr-scale 0 "
     "--epochs 60 --lr-schedule cosine --batch-size 16 --lr 1e-3 --seed 0"
 ).split()
+FINETUNE = ["--backbone-bn", "frozen", "--backbone-lr-scale"]  # + the scale
 RECIPES: dict[str, list[str]] = {
+    # Sweep 1 (H100, 2026-11-27): the default's recipe and three changes to it.
     "default-s0": [],
     "default-s1": ["--seed", "1"],
     "full-s0": ["--preset", "full"],
     "full-s1": ["--preset", "full", "--seed", "1"],
-    "finetune-s0": ["--backbone-lr-scale", "0.1", "--backbone-bn", "frozen"],
-    "finetune-s1": ["--backbone-lr-scale", "0.1", "--backbone-bn", "frozen", "--seed", "1"],
+    "finetune-s0": [*FINETUNE, "0.1"],
+    "finetune-s1": [*FINETUNE, "0.1", "--seed", "1"],
     "mix0.9-s0": ["--rebalance-mix", "0.9"],
+    # Sweep 2: fine-tuning, the change that beat the default in sweep 1: more seeds, other
+    # backbone learning rates, BatchNorm statistics that follow the batches.
+    "finetune-s2": [*FINETUNE, "0.1", "--seed", "2"],
+    "finetune-s3": [*FINETUNE, "0.1", "--seed", "3"],
+    "ft0.3-s0": [*FINETUNE, "0.3"],
+    "ft0.3-s1": [*FINETUNE, "0.3", "--seed", "1"],
+    "ft1.0-s0": [*FINETUNE, "1.0"],
+    "ft0.1-bntrain-s0": ["--backbone-lr-scale", "0.1", "--backbone-bn", "train"],
 }
 THREADS_PER_RUN = 2
 PART_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
