@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -106,8 +107,9 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def summarize(name: str, run: Path, train_rc, tune_rc) -> dict:
-    """One run's facts: epochs, val loss, speed, the tuner's choice and best rows."""
+def summarize(name: str, run: Path, train_rc, tune_rc, tuned: Path | None = None) -> dict:
+    """One run's facts: epochs, val loss, speed, the tuner's choice and best rows (from
+    ``tuned``, default RUN/decoding.json)."""
     epochs = read_log(run / "log.jsonl")
     out: dict = {"run": name, "args": RECIPES.get(name), "train": train_rc, "tune": tune_rc}
     out["epochs_done"] = len(epochs)
@@ -122,7 +124,7 @@ def summarize(name: str, run: Path, train_rc, tune_rc) -> dict:
             ],
             "train_seconds": sum(r["seconds"] for r in epochs),
         }
-    tuned = run / "decoding.json"
+    tuned = tuned or run / "decoding.json"
     if tuned.exists():
         table = json.loads(tuned.read_text())
         rows = table["rows"]
@@ -263,6 +265,33 @@ def restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def table(args: argparse.Namespace) -> int:
+    """Print one markdown row per run folder from its log.jsonl and tuning JSON."""
+    print(
+        "| run | epochs | val MSE last (lowest, epoch) | >= 0.60 (T, corr; ratio) "
+        "| >= 0.50 | best, any colorfulness |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for run in map(Path, args.runs):
+        s = summarize(run.name, run, None, None, tuned=run / args.tuning)
+        low = s.get("val_loss_lowest", [math.nan, "-"])
+
+        def cell(row: dict | None) -> str:
+            if not row:
+                return "none"
+            return (
+                f"{row['psnr_gain']:+.2f} dB ({row['temperature']:g}, "
+                f"{row['prior_correction']:g}; {row['colorfulness_ratio']:.2f})"
+            )
+
+        print(
+            f"| {run.name} | {s['epochs_done']} | {s.get('val_loss_last', math.nan):.4f} "
+            f"({low[0]:.4f}, {low[1]}) | {cell(s.get('choice'))} | "
+            f"{cell(s.get('best_at_0.5'))} | {cell(s.get('best_any'))} |"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.device_sweep", description=__doc__.split("\n\n")[0]
@@ -285,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("parts", help="folder holding runs.tar.NN")
     s.add_argument("--out", required=True, help="folder for the run folders")
     s.set_defaults(func=restore)
+    t = sub.add_parser("table", help="a markdown row per run folder")
+    t.add_argument("runs", nargs="+", help="run folders (log.jsonl and a tuning JSON)")
+    t.add_argument("--tuning", default="decoding.json", help="tuning file name in each")
+    t.set_defaults(func=table)
     args = p.parse_args(argv)
     return args.func(args)
 

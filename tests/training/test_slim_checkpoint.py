@@ -112,6 +112,26 @@ def test_sweep_parts_restore_every_run(tmp_path, monkeypatch):
         assert (back / name / "log.jsonl").exists()
 
 
+def test_table_prints_a_row_per_run_with_its_tuning(tmp_path, capsys):
+    run = tmp_path / "ft-s0"
+    run.mkdir()
+    epochs = [
+        {"epoch": e, "val_loss": v, "images_per_s": 90.0, "seconds": 3.0}
+        for e, v in enumerate([0.03, 0.02, 0.025])
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    row = {
+        "temperature": 1.0,
+        "prior_correction": 0.25,
+        "psnr_gain": 1.694,
+        "colorfulness_ratio": 0.604,
+    }
+    (run / "tuned.json").write_text(json.dumps({"rows": [row], "choice": row}))
+    device_sweep.main(["table", str(run), "--tuning", "tuned.json"])
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert out.startswith("| ft-s0 | 3 | 0.0250 (0.0200, 1) | +1.69 dB (1, 0.25; 0.60) |")
+
+
 def test_pack_leaves_out_weights_beyond_the_budget_worst_first(tmp_path):
     work = tmp_path / "work"
     for name in ("a", "b"):
