@@ -107,7 +107,8 @@ def slim_checkpoint(ckpt: dict[str, Any], half: bool = False) -> dict[str, Any]:
     if half:
         for key, t in state.items():
             if t.is_floating_point() and t.numel() >= HALF_MIN_NUMEL:
-                state[key], halved = t.half(), [*halved, key]
+                state[key] = t.half()
+                halved.append(key)
     return {
         "config": ckpt["config"],
         "model": state,
@@ -120,7 +121,7 @@ def slim_checkpoint(ckpt: dict[str, Any], half: bool = False) -> dict[str, Any]:
 
 def restore_checkpoint(slim: dict[str, Any]) -> dict[str, Any]:
     """The full checkpoint (optimizer None) of a ``slim_checkpoint``; a left-out backbone
-    is reloaded from its weights package. Raises ValueError when keys are missing."""
+    is reloaded from its weights package. Raises ValueError for missing or unknown keys."""
     config = ColorizerConfig.from_dict(slim["config"])
     model = (
         build_model(config, slim["backbone_from"]) if slim["backbone_from"] else Colorizer(config)
@@ -129,8 +130,12 @@ def restore_checkpoint(slim: dict[str, Any]) -> dict[str, Any]:
     missing = sorted(
         set(full) - set(slim["model"]) - set(backbone_keys(full) if slim["backbone_from"] else [])
     )
-    if missing:
-        raise ValueError(f"slim checkpoint lacks {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    unexpected = sorted(set(slim["model"]) - set(full))
+    if missing or unexpected:
+        raise ValueError(
+            f"slim checkpoint does not fit its config: lacks {missing[:5]}, "
+            f"has unknown {unexpected[:5]}"
+        )
     for key, t in slim["model"].items():
         full[key] = t.to(full[key].dtype)
     model.load_state_dict(full)

@@ -73,10 +73,14 @@ def test_a_run_without_package_weights_keeps_its_backbone():
     assert backbone_keys(slim_checkpoint(ckpt)["model"])
 
 
-def test_missing_trunk_weights_are_refused():
+def test_missing_or_unknown_trunk_weights_are_refused():
     small = slim_checkpoint(trained_checkpoint())
     del small["model"]["head.weight"]
-    with pytest.raises(ValueError, match="head.weight"):
+    with pytest.raises(ValueError, match="lacks \\['head.weight'\\]"):
+        restore_checkpoint(small)
+    small = slim_checkpoint(trained_checkpoint())
+    small["model"]["head.extra"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unknown \\['head.extra'\\]"):
         restore_checkpoint(small)
 
 
