@@ -103,20 +103,27 @@ def slim_checkpoint(ckpt: dict[str, Any], half: bool = False) -> dict[str, Any]:
         omitted = ckpt["extra"]["train_config"]["backbone_weights"]
         for key in backbone_keys(state):
             del state[key]
-    halved = []
-    if half:
-        for key, t in state.items():
-            if t.is_floating_point() and t.numel() >= HALF_MIN_NUMEL:
-                state[key] = t.half()
-                halved.append(key)
-    return {
+    small = {
         "config": ckpt["config"],
         "model": state,
         "epoch": ckpt["epoch"],
         "extra": ckpt.get("extra", {}),
         "backbone_from": omitted,
-        "halved": halved,
+        "halved": [],
     }
+    return half_precision(small) if half else small
+
+
+def half_precision(slim: dict[str, Any]) -> dict[str, Any]:
+    """A ``slim_checkpoint`` with every floating tensor of at least HALF_MIN_NUMEL elements
+    in fp16 (listed in ``halved``); ``restore_checkpoint`` casts them back to fp32."""
+    state = dict(slim["model"])
+    halved = list(slim["halved"])
+    for key, t in state.items():
+        if t.is_floating_point() and t.numel() >= HALF_MIN_NUMEL and key not in halved:
+            state[key] = t.half()
+            halved.append(key)
+    return {**slim, "model": state, "halved": halved}
 
 
 def restore_checkpoint(slim: dict[str, Any]) -> dict[str, Any]:

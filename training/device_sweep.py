@@ -138,7 +138,7 @@ def summarize(name: str, run: Path, train_rc, tune_rc, tuned: Path | None = None
 
 def slim(run: Path) -> Path | None:
     """RUN/slim.pt from RUN/last.pt (fp16 when large); None without last.pt."""
-    from training.checkpoint import load_checkpoint, slim_checkpoint
+    from training.checkpoint import half_precision, load_checkpoint, slim_checkpoint
 
     last = run / "last.pt"
     if not last.exists():
@@ -146,7 +146,7 @@ def slim(run: Path) -> Path | None:
     small = slim_checkpoint(load_checkpoint(last))
     fp32_bytes = sum(t.numel() * t.element_size() for t in small["model"].values())
     if fp32_bytes > HALF_ABOVE_BYTES:
-        small = slim_checkpoint(load_checkpoint(last), half=True)
+        small = half_precision(small)
     torch.save(small, run / "slim.pt")
     return run / "slim.pt"
 
@@ -155,7 +155,6 @@ def pack(work: Path, summary: list[dict], out: Path, budget: int) -> list[Path]:
     """Tar logs and tuning tables of every run, and slim checkpoints best-first while the
     tar stays under ``budget`` bytes; cut it into PART_BYTES parts under ``out``."""
     buf = io.BytesIO()
-    used = 0
     order = sorted(summary, key=lambda s: -((s.get("choice") or {}).get("psnr_gain", -99)))
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for s in summary:
@@ -168,7 +167,6 @@ def pack(work: Path, summary: list[dict], out: Path, budget: int) -> list[Path]:
             if path.exists() and buf.tell() + path.stat().st_size + 2**20 < budget:
                 tar.add(path, arcname=f"{s['run']}/slim.pt")
                 s["weights_returned"] = True
-                used += path.stat().st_size
     data = buf.getvalue()
     parts = []
     for i in range(0, len(data), PART_BYTES):
