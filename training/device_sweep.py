@@ -57,6 +57,15 @@ RECIPES: dict[str, list[str]] = {
     "ft0.3-s1": [*FINETUNE, "0.3", "--seed", "1"],
     "ft1.0-s0": [*FINETUNE, "1.0"],
     "ft0.1-bntrain-s0": ["--backbone-lr-scale", "0.1", "--backbone-bn", "train"],
+    # Sweep 3: pretrained local features fused beside the class vector (--fuse-stage);
+    # Lite0 at 224: stage 2 = 40 x 28x28, 4 = 112 x 14x14, 5 = 192 x 7x7.
+    "fuse4-s0": ["--fuse-stage", "4"],
+    "fuse4-s1": ["--fuse-stage", "4", "--seed", "1"],
+    "fuse4-s2": ["--fuse-stage", "4", "--seed", "2"],
+    "fuse2-s0": ["--fuse-stage", "2"],
+    "fuse2-s1": ["--fuse-stage", "2", "--seed", "1"],
+    "fuse5-s0": ["--fuse-stage", "5"],
+    "fuse4-finetune-s0": ["--fuse-stage", "4", *FINETUNE, "0.1"],
 }
 MIN_COLORFULNESS = 0.60  # the floor `make default-model` tunes at (DEFAULT_MIN_COLORFULNESS)
 THREADS_PER_RUN = 2

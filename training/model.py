@@ -5,12 +5,17 @@
         concat (B,256+E,28,28) -> 1x1 conv 256 + ReLU -> decoder -> ab (B,2,224,224) in [-1,1]
 
 The embedding is the backbone's class-logit vector (E = 1001 as in the paper).
+
+Optionally (``fuse_stage``, EfficientNet-family backbones) the fusion also takes one of the
+backbone's intermediate feature maps, resized to the encoder's 28x28: pretrained local
+features ("this region is foliage") beside the global class vector.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Tuple
 
 import timm
 import torch
@@ -42,6 +47,10 @@ class ColorizerConfig:
     # this inside the network when set. EfficientNet-Lite0's ImageNet weights were made at
     # 224; at 299 its class scores flatten (hammer photo: p 0.45 at 224, 0.08 at 299).
     embed_size: int | None = None
+    # Index of a backbone stage (timm ``blocks[i]``, EfficientNet family) whose feature map
+    # is fused beside the embedding; None fuses the class vector only, as the paper does.
+    # For EfficientNet-Lite0 at 224: stage 2 is 40 x 28x28, stage 4 is 112 x 14x14.
+    fuse_stage: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,16 +105,79 @@ class Encoder(nn.Sequential):
 
 
 class Fusion(nn.Module):
-    """Tile the (B, E) embedding over the (B, C, h, w) features, concat, 1x1 conv + ReLU."""
+    """Tile the (B, E) embedding over the (B, C, h, w) features, concat, 1x1 conv + ReLU.
 
-    def __init__(self, feature_channels: int, embed_dim: int, out_channels: int) -> None:
+    With ``tap_channels`` > 0 a backbone feature map (B, T, h', w') is resized (bilinear)
+    to (h, w) and concatenated after the tiled embedding; otherwise ``tap`` is ignored.
+    """
+
+    __constants__ = ["fuse_tap"]
+
+    def __init__(
+        self, feature_channels: int, embed_dim: int, out_channels: int, tap_channels: int = 0
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(feature_channels + embed_dim, out_channels, 1)
+        self.fuse_tap = tap_channels > 0
+        self.conv = nn.Conv2d(feature_channels + embed_dim + tap_channels, out_channels, 1)
 
-    def forward(self, features: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, embedding: torch.Tensor, tap: torch.Tensor
+    ) -> torch.Tensor:
         b, _, h, w = features.shape
         tiled = embedding[:, :, None, None].expand(b, embedding.shape[1], h, w)
-        return F.relu(self.conv(torch.cat((features, tiled.to(features.dtype)), dim=1)))
+        parts = [features, tiled.to(features.dtype)]
+        if self.fuse_tap:
+            tap = tap.to(features.dtype)
+            if tap.shape[-2:] != features.shape[-2:]:
+                tap = F.interpolate(tap, size=(h, w), mode="bilinear", align_corners=False)
+            parts.append(tap)
+        return F.relu(self.conv(torch.cat(parts, dim=1)))
+
+
+TAPPABLE = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool", "classifier")
+
+
+class TappedBackbone(nn.Module):
+    """A timm EfficientNet-family network that also returns one stage's output.
+
+    forward(x (B, 3, s, s)) -> (logits (B, E), stage ``stage`` output (B, T, s/r, s/r)).
+    Holds the network's own children under their own names, so its state dict keys are
+    the network's (pretrained weights, checkpoints and slimming see the same backbone).
+    Raises ValueError for a network without those parts or a stage out of range.
+    """
+
+    __constants__ = ["stage", "drop_rate"]
+
+    def __init__(self, net: nn.Module, stage: int) -> None:
+        super().__init__()
+        missing = [name for name in TAPPABLE if not hasattr(net, name)]
+        if missing:
+            raise ValueError(
+                f"fuse_stage needs an EfficientNet-family backbone (timm conv_stem, blocks, "
+                f"conv_head ...); {type(net).__name__} has no {', '.join(missing)}"
+            )
+        if not 0 <= stage < len(net.blocks):
+            raise ValueError(
+                f"fuse_stage must be 0..{len(net.blocks) - 1} for this backbone, got {stage}"
+            )
+        for name, child in net.named_children():
+            self.add_module(name, child)
+        self.pretrained_cfg = getattr(net, "pretrained_cfg", {})
+        self.stage = stage
+        self.drop_rate = float(getattr(net, "drop_rate", 0.0))
+        norms = [m for m in net.blocks[stage].modules() if isinstance(m, nn.BatchNorm2d)]
+        self.channels = norms[-1].num_features  # the stage's output channels
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.bn1(self.conv_stem(x))
+        tap = x
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i == self.stage:
+                tap = x
+        x = self.global_pool(self.bn2(self.conv_head(x)))
+        x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.classifier(x), tap
 
 
 class Decoder(nn.Module):
@@ -133,7 +205,7 @@ class Colorizer(nn.Module):
     """
 
     # TorchScript: fixed per exported model
-    __constants__ = ["classify", "temperature", "prior_correction", "embed_size"]
+    __constants__ = ["classify", "temperature", "prior_correction", "embed_size", "fused"]
 
     def __init__(self, config: ColorizerConfig = ColorizerConfig()) -> None:
         super().__init__()
@@ -145,10 +217,15 @@ class Colorizer(nn.Module):
         self.prior_correction = config.prior_correction
         self.embed_size = config.embed_size or 0  # 0: feed the gray image as given
         self.encoder = Encoder(config.encoder_channels, config.encoder_strides)
-        self.backbone = timm.create_model(
-            config.backbone, pretrained=False, num_classes=config.embed_dim
+        net = timm.create_model(config.backbone, pretrained=False, num_classes=config.embed_dim)
+        self.fused = config.fuse_stage is not None
+        self.backbone = TappedBackbone(net, config.fuse_stage) if self.fused else net
+        self.fusion = Fusion(
+            config.encoder_channels[-1],
+            config.embed_dim,
+            config.fusion_channels,
+            self.backbone.channels if self.fused else 0,
         )
-        self.fusion = Fusion(config.encoder_channels[-1], config.embed_dim, config.fusion_channels)
         self.decoder = Decoder(config.fusion_channels, config.decoder_channels)
         centers = gamut_bin_centers(config.ab_bin_size) if self.classify else torch.zeros(0, 2)
         self.register_buffer("bin_centers", centers)  # (Q, 2) a*b* in [-1, 1]
@@ -162,11 +239,20 @@ class Colorizer(nn.Module):
         """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s), see ``backbone_input``."""
         return backbone_input(gray, self.embed_size)
 
+    def embed(self, gray_299: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Gray (B, 1, G, G) in [-1, 1] -> (embedding (B, E), tap): tap is the fused stage's
+        feature map (B, T, h, w), or the embedding again when no stage is fused (unused)."""
+        x = self.embed_input(gray_299)
+        if self.fused:
+            return self.backbone(x)
+        embedding = self.backbone(x)
+        return embedding, embedding
+
     def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         """Raw head output at 112x112: (B, 2, 112, 112) pre-tanh, or (B, Q, 112, 112) logits."""
         features = self.encoder(l_224)  # (B, C, 28, 28)
-        embedding = self.backbone(self.embed_input(gray_299))  # (B, E)
-        return self.head(self.decoder(self.fusion(features, embedding)))
+        embedding, tap = self.embed(gray_299)  # (B, E), (B, T, h, w)
+        return self.head(self.decoder(self.fusion(features, embedding, tap)))
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
         """Head output (B, 2|Q, 112, 112) -> a*b* (B, 2, 224, 224) in [-1, 1], out's dtype.
@@ -234,7 +320,8 @@ def _set_decoding(module, temperature: float, prior_correction: float):
 class ColorBranch(nn.Module):
     """One trained network's own layers around a given embedding.
 
-    forward(l_224 (B,1,224,224) in [-1,1], embedding (B,E)) -> logits (B,Q,112,112).
+    forward(l_224 (B,1,224,224) in [-1,1], embedding (B,E), tap (see ``Colorizer.embed``))
+    -> logits (B,Q,112,112).
     """
 
     def __init__(self, model: Colorizer) -> None:
@@ -242,8 +329,10 @@ class ColorBranch(nn.Module):
         self.encoder, self.fusion = model.encoder, model.fusion
         self.decoder, self.head = model.decoder, model.head
 
-    def forward(self, l_224: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.fusion(self.encoder(l_224), embedding)))
+    def forward(
+        self, l_224: torch.Tensor, embedding: torch.Tensor, tap: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head(self.decoder(self.fusion(self.encoder(l_224), embedding, tap)))
 
 
 class ColorizerEnsemble(nn.Module):
@@ -256,7 +345,7 @@ class ColorizerEnsemble(nn.Module):
     so tuning, export and serving treat it as one network.
     """
 
-    __constants__ = ["classify", "temperature", "prior_correction", "embed_size"]
+    __constants__ = ["classify", "temperature", "prior_correction", "embed_size", "fused"]
 
     def __init__(self, members: list[Colorizer]) -> None:
         super().__init__()
@@ -267,6 +356,7 @@ class ColorizerEnsemble(nn.Module):
         self.temperature = first.temperature
         self.prior_correction = first.prior_correction
         self.embed_size = first.embed_size
+        self.fused = first.fused
         self.backbone = first.backbone
         self.branches = nn.ModuleList([ColorBranch(m) for m in members])
         self.register_buffer("bin_centers", first.bin_centers.clone())
@@ -274,10 +364,15 @@ class ColorizerEnsemble(nn.Module):
 
     def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         """Pooled log-probabilities (B, Q, 112, 112), the members' mean log-softmax."""
-        embedding = self.backbone(backbone_input(gray_299, self.embed_size))  # (B, E)
+        x = backbone_input(gray_299, self.embed_size)
+        if self.fused:
+            embedding, tap = self.backbone(x)
+        else:
+            embedding = self.backbone(x)
+            tap = embedding
         log_probs: list[torch.Tensor] = []
         for branch in self.branches:
-            log_probs.append(torch.log_softmax(branch(l_224, embedding), dim=1))
+            log_probs.append(torch.log_softmax(branch(l_224, embedding, tap), dim=1))
         return torch.stack(log_probs).mean(dim=0)
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:

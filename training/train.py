@@ -83,6 +83,12 @@ class TrainConfig:
         "as given",
         None,
     )
+    fuse_stage: int | None = option(
+        "also fuse this backbone stage's feature map (timm blocks[i], EfficientNet family; "
+        "Lite0 at 224: 2 = 40 x 28x28, 4 = 112 x 14x14) beside the class vector, resized to "
+        "the encoder's 28x28. Default: the class vector only, as in the paper",
+        None,
+    )
     backbone_lr_scale: float = option(
         "backbone learning rate = --lr x this; 0 freezes the backbone (weights and "
         "BatchNorm statistics; no gradients through it)",
@@ -179,7 +185,12 @@ def model_config(cfg: TrainConfig) -> ColorizerConfig:
     package = weights_package(cfg.backbone_weights) if cfg.backbone_weights else None
     backbone = cfg.backbone or (package.backbone if package else None)
     embed_size = cfg.embed_size or (package.input_size if package else None)
-    overrides: dict = {"backbone": backbone, "head": cfg.head, "embed_size": embed_size}
+    overrides: dict = {
+        "backbone": backbone,
+        "head": cfg.head,
+        "embed_size": embed_size,
+        "fuse_stage": cfg.fuse_stage,
+    }
     if cfg.backbone_weights is not None:
         overrides["embed_dim"] = backbone_weights_classes(
             backbone or PRESETS[cfg.preset].backbone, cfg.backbone_weights
