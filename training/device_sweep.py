@@ -66,6 +66,16 @@ RECIPES: dict[str, list[str]] = {
     "fuse2-s1": ["--fuse-stage", "2", "--seed", "1"],
     "fuse5-s0": ["--fuse-stage", "5"],
     "fuse4-finetune-s0": ["--fuse-stage", "4", *FINETUNE, "0.1"],
+    # Sweep 4: more seeds of fused fine-tuning (sweep 3's lowest val loss), fused stage 2
+    # fine-tuned, and a shorter schedule for the frozen fused runs, whose val loss was
+    # lowest at epochs 7-25 of 60.
+    "fuse4-finetune-s1": ["--fuse-stage", "4", *FINETUNE, "0.1", "--seed", "1"],
+    "fuse4-finetune-s2": ["--fuse-stage", "4", *FINETUNE, "0.1", "--seed", "2"],
+    "fuse4-finetune-s3": ["--fuse-stage", "4", *FINETUNE, "0.1", "--seed", "3"],
+    "fuse2-finetune-s0": ["--fuse-stage", "2", *FINETUNE, "0.1"],
+    "fuse4-e30-s0": ["--fuse-stage", "4", "--epochs", "30"],
+    "fuse4-e30-s1": ["--fuse-stage", "4", "--epochs", "30", "--seed", "1"],
+    "fuse4-e30-s2": ["--fuse-stage", "4", "--epochs", "30", "--seed", "2"],
 }
 MIN_COLORFULNESS = 0.60  # the floor `make default-model` tunes at (DEFAULT_MIN_COLORFULNESS)
 THREADS_PER_RUN = 2
