@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Tuple
 
 import timm
 import torch
@@ -168,7 +167,7 @@ class TappedBackbone(nn.Module):
         norms = [m for m in net.blocks[stage].modules() if isinstance(m, nn.BatchNorm2d)]
         self.channels = norms[-1].num_features  # the stage's output channels
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.bn1(self.conv_stem(x))
         tap = x
         for i, stage in enumerate(self.blocks):
@@ -239,7 +238,7 @@ class Colorizer(nn.Module):
         """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s), see ``backbone_input``."""
         return backbone_input(gray, self.embed_size)
 
-    def embed(self, gray_299: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, gray_299: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gray (B, 1, G, G) in [-1, 1] -> (embedding (B, E), tap): tap is the fused stage's
         feature map (B, T, h, w), or the embedding again when no stage is fused (unused)."""
         x = self.embed_input(gray_299)

@@ -169,16 +169,24 @@ def test_stop_after_cuts_the_run_not_the_schedule():
         last_epoch(TrainConfig(data=Path("."), stop_after=0))
 
 
-def test_exported_pretrained_model_serves_without_timm_or_the_weights_package(tmp_path):
-    """The TorchScript file carries the weights and the 299 -> 224 resize: serving's loader
-    runs it with timm, training and the weights package unimportable."""
+@pytest.mark.parametrize("fuse_stage", [None, 4])
+def test_exported_pretrained_model_serves_without_timm_or_the_weights_package(tmp_path, fuse_stage):
+    """The TorchScript file carries the weights and the 299 -> 224 resize (and the fused
+    stage's tap): serving's loader runs it with timm, training and the weights package
+    unimportable."""
     import subprocess
     import sys
 
     from training.export import export
 
     model = build_model(
-        preset("compact", backbone="tf_efficientnet_lite0", head="classification", embed_size=224),
+        preset(
+            "compact",
+            backbone="tf_efficientnet_lite0",
+            head="classification",
+            embed_size=224,
+            fuse_stage=fuse_stage,
+        ),
         LITE0,
     )
     out = tmp_path / "lite0.pt"
