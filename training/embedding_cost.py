@@ -1,5 +1,6 @@
-"""Per-photo cost of the compact network with each embedding backbone, and of ensembles of
-Lite0 networks sharing one frozen backbone (issue #13).
+"""Per-photo cost of the compact network with each embedding backbone, with a Lite0 stage's
+features fused (``fuse_stage``), and of ensembles of Lite0 networks sharing one frozen
+backbone (issue #13).
 
 ``python -m training.embedding_cost``: batch 1, fp32, one thread; the variants run in
 interleaved rounds so their ratios hold on a busy machine. Random weights: cost only.
@@ -17,6 +18,11 @@ from training.model import Colorizer, ColorizerEnsemble, count_parameters, prese
 VARIANTS = {
     "mobilenetv3_small_100@299": {"backbone": "mobilenetv3_small_100"},
     "tf_efficientnet_lite0@224": {"backbone": "tf_efficientnet_lite0", "embed_size": 224},
+    "tf_efficientnet_lite0@224 + stage 4": {
+        "backbone": "tf_efficientnet_lite0",
+        "embed_size": 224,
+        "fuse_stage": 4,
+    },
     "tf_efficientnet_lite1@240": {"backbone": "tf_efficientnet_lite1", "embed_size": 240},
     "tf_efficientnet_lite2@260": {"backbone": "tf_efficientnet_lite2", "embed_size": 260},
 }
