@@ -107,7 +107,8 @@ VAL_PHOTOS := training/datasets/photos/val
 default-model: venv
 	$(VENV)/bin/colorizer train --data training/datasets/photos/train --val-data $(VAL_PHOTOS) \
 	  --preset compact --head classification --rebalance-mix $(DEFAULT_REBALANCE_MIX) \
-	  --backbone-weights efficientnet-lite0 --backbone-lr-scale 0 \
+	  --backbone-weights efficientnet-lite0 --fuse-stage 4 \
+	  --backbone-lr-scale 0.1 --backbone-bn frozen \
 	  --epochs $(DEFAULT_EPOCHS) --lr-schedule cosine --batch-size 16 --lr 1e-3 --seed 0 \
 	  --workers 1 --out $(DEFAULT_RUN)
 	$(VENV)/bin/colorizer tune-decoding $(DEFAULT_RUN)/last.pt --data $(VAL_PHOTOS) \

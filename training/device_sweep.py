@@ -33,7 +33,8 @@ import torch
 
 TRAIN = "training/datasets/photos/train"
 VAL = "training/datasets/photos/val"
-# `make default-model`'s recipe (Makefile); each recipe below overrides some of it.
+# `make default-model`'s recipe (Makefile) until sweep 4: frozen Lite0, the class vector only.
+# Each recipe below overrides some of it; the default is now fuse4-finetune's recipe.
 BASE = (
     "--preset compact --head classification --rebalance-mix 0.8 "
     "--backbone-weights efficientnet-lite0 --backbone-lr-scale 0 "

@@ -86,7 +86,7 @@ def _cpu_name() -> str:
 STAND_INS = {
     # The shipped default's shapes (Makefile default-model; model_store/default/MODEL_CARD.md).
     "default-arch": dict(preset="compact", head="classification",
-                         backbone="tf_efficientnet_lite0", embed_size=224),
+                         backbone="tf_efficientnet_lite0", embed_size=224, fuse_stage=4),
     # The paper's network (Inception-ResNet-v2 embedding): the 2,750 img/s reference.
     "full": dict(preset="full"),
 }  # fmt: skip
