@@ -8,7 +8,6 @@ import pytest
 import timm
 import torch
 
-from training.checkpoint import backbone_as_loaded, restore_checkpoint, slim_checkpoint
 from training.export import script_model
 from training.model import (
     Colorizer,
@@ -85,23 +84,6 @@ def test_scripted_fused_network_and_ensemble_match_eager(stage):
         scripted = script_model(net)
         with torch.no_grad():
             torch.testing.assert_close(scripted(l_in, gray), net(l_in, gray), rtol=0, atol=1e-5)
-
-
-def test_fused_frozen_checkpoint_slims_and_restores_exactly():
-    torch.manual_seed(0)
-    cfg = fused_config(2)
-    model = build_model(cfg, LITE0)
-    ckpt = {
-        "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": {"state": {}},
-        "epoch": 3,
-        "extra": {"train_config": {"backbone_weights": LITE0, "backbone_lr_scale": 0.0}},
-    }
-    assert backbone_as_loaded(ckpt)
-    restored = restore_checkpoint(slim_checkpoint(ckpt))["model"]
-    assert restored.keys() == ckpt["model"].keys()
-    assert all(torch.equal(restored[k], v) for k, v in ckpt["model"].items())
 
 
 def test_config_round_trip_and_old_configs_fuse_nothing():

@@ -20,11 +20,19 @@ from training.model import build_model, preset
 LITE0 = "efficientnet-lite0"
 
 
-def trained_checkpoint(seed: int = 0, touch_backbone: bool = False) -> dict:
+def trained_checkpoint(
+    seed: int = 0, touch_backbone: bool = False, fuse_stage: int | None = None
+) -> dict:
     """A compact Lite0 network as a frozen-backbone run leaves it: random trunk, loaded
-    backbone (or one weight changed, as fine-tuning would)."""
+    backbone (or one weight changed, as fine-tuning would), optionally a stage fused."""
     torch.manual_seed(seed)
-    cfg = preset("compact", backbone="tf_efficientnet_lite0", embed_size=224, head="classification")
+    cfg = preset(
+        "compact",
+        backbone="tf_efficientnet_lite0",
+        embed_size=224,
+        head="classification",
+        fuse_stage=fuse_stage,
+    )
     model = build_model(cfg, LITE0)
     model.class_weights.uniform_(0.5, 2.0)
     if touch_backbone:
@@ -40,8 +48,9 @@ def trained_checkpoint(seed: int = 0, touch_backbone: bool = False) -> dict:
     }
 
 
-def test_frozen_backbone_is_left_out_and_reloaded_exactly():
-    ckpt = trained_checkpoint()
+@pytest.mark.parametrize("fuse_stage", [None, 2])
+def test_frozen_backbone_is_left_out_and_reloaded_exactly(fuse_stage):
+    ckpt = trained_checkpoint(fuse_stage=fuse_stage)
     assert backbone_as_loaded(ckpt)
     small = slim_checkpoint(ckpt)
     assert small["backbone_from"] == LITE0 and small["halved"] == []
