@@ -12,7 +12,14 @@ from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
 from training.ab_bins import adjust_for_prior, annealed_mean
 from training.checkpoint import save_checkpoint
-from training.decoding import NoFeasibleDecoding, choose, read_choice
+from training.decoding import (
+    Decoding,
+    NoFeasibleDecoding,
+    choose,
+    leave_one_out,
+    read_choice,
+    summary_rows,
+)
 from training.evaluate import evaluate
 from training.export import random_inputs
 from training.model import Colorizer
@@ -51,6 +58,55 @@ def test_choose_takes_the_best_gain_that_is_colorful_enough():
         choose(rows, 0.9)
 
 
+def photo(gain: float, colorfulness: float = 10.0) -> dict[str, float]:
+    """One photo's metrics as ``image_metrics`` gives them: PSNR ``gain`` dB above gray."""
+    return {
+        "psnr": 20.0 + gain,
+        "psnr_gray": 20.0,
+        "colorfulness": colorfulness,
+        "colorfulness_gt": 10.0,
+        "l_mae": 0.0,
+    }
+
+
+def test_leave_one_out_scores_each_photo_with_the_choice_made_without_it():
+    lucky, steady = Decoding(1.0, 0.0), Decoding(0.5, 0.0)
+    per_image = {
+        lucky: [photo(6.0), photo(0.0), photo(0.0)],  # mean +2.0, all of it from photo 0
+        steady: [photo(1.5), photo(1.5), photo(1.5)],  # mean +1.5
+    }
+    rows = summary_rows(per_image, torch.float32)
+    assert choose(rows, 0.5)["temperature"] == 1.0  # on all photos the lucky one wins
+    held = leave_one_out(per_image, 0.5, torch.float32)
+    # Without photo 0 the steady decoding wins and scores photo 0 (+1.5); without photo 1
+    # or 2 the lucky one wins and scores them (+0.0 each).
+    assert held["psnr_gain"] == pytest.approx(0.5)
+    assert held["images"] == 3
+    assert held["method"] == "leave-one-out"
+    assert held["choices"] == [
+        {"temperature": 1.0, "prior_correction": 0.0, "photos": 2},
+        {"temperature": 0.5, "prior_correction": 0.0, "photos": 1},
+    ]
+
+
+def test_leave_one_out_of_a_single_decoding_is_its_own_summary():
+    only = {Decoding(0.38, 0.0): [photo(g, c) for g, c in ((1.0, 4.0), (-2.0, 9.0), (3.5, 7.0))]}
+    held = leave_one_out(only, 0.0, torch.float32)
+    (row,) = summary_rows(only, torch.float32)
+    for key in ("psnr", "psnr_gray", "psnr_gain", "colorfulness", "colorfulness_ratio"):
+        assert held[key] == pytest.approx(row[key])
+
+
+def test_leave_one_out_refuses_what_it_cannot_estimate():
+    with pytest.raises(ValueError, match="at least two photos"):
+        leave_one_out({Decoding(1.0, 0.0): [photo(1.0)]}, 0.0, torch.float32)
+    # Colorful enough on all three photos (ratio 0.6), but not without photo 0 (0.3).
+    uneven = {Decoding(1.0, 0.0): [photo(1.0, 12.0), photo(1.0, 3.0), photo(1.0, 3.0)]}
+    assert summary_rows(uneven, torch.float32)[0]["colorfulness_ratio"] == pytest.approx(0.6)
+    with pytest.raises(NoFeasibleDecoding):
+        leave_one_out(uneven, 0.5, torch.float32)
+
+
 def test_with_decoding_rejects_bad_settings():
     with pytest.raises(ValueError, match="temperature"):
         classifier().with_decoding(0.0, 0.0)
@@ -68,7 +124,15 @@ def test_tuner_scores_match_the_exported_model_it_chooses(tmp_path, capsys):
     report = json.loads(result.read_text())
     assert len(report["rows"]) == 4
     assert report["choice"] == max(report["rows"], key=lambda r: r["psnr_gain"])
-    assert "choice: temperature" in capsys.readouterr().out
+    held = report["held_out"]
+    assert held["images"] == report["choice"]["images"] > 1
+    assert sum(c["photos"] for c in held["choices"]) == held["images"]
+    out = capsys.readouterr().out
+    assert "choice: temperature" in out
+    assert (
+        f"held out (leave-one-out, each photo decoded as chosen on the other {held['images'] - 1})"
+        in out
+    )
 
     # The tuner decodes cached logits; the service runs the exported file end to end.
     exported = tmp_path / "chosen.pt"
@@ -83,6 +147,33 @@ def test_tuner_scores_match_the_exported_model_it_chooses(tmp_path, capsys):
     summary = evaluate(pipeline, PHOTOS, tmp_path / "report", progress=False)
     assert summary["psnr"] == pytest.approx(report["choice"]["psnr"], abs=1e-3)
     assert summary["colorfulness"] == pytest.approx(report["choice"]["colorfulness"], rel=1e-3)
+
+
+def test_tuner_scores_an_exported_model_as_its_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "cls.pt"
+    save_checkpoint(ckpt, classifier(), None, epoch=0)
+    exported = tmp_path / "m.pt"
+    # Exported with a decoding of its own, which the tuner must neither use nor keep.
+    assert main(["export", str(ckpt), "--out", str(exported), "--temperature", "0.2"]) == 0
+    grid = ["--temperatures", "0.5,1", "--corrections", "0,1", "--min-colorfulness-ratio", "0"]
+    common = ["--data", PHOTOS, "--precision", "fp32", *grid]
+    from_ckpt, from_model = tmp_path / "ckpt.json", tmp_path / "model.json"
+    assert main(["tune-decoding", str(ckpt), "--out", str(from_ckpt), *common]) == 0
+    assert main(["tune-decoding", "--model", str(exported), "--out", str(from_model), *common]) == 0
+    ckpt_report, model_report = (json.loads(f.read_text()) for f in (from_ckpt, from_model))
+    assert model_report["model"] == str(exported)
+    for mine, theirs in zip(ckpt_report["rows"], model_report["rows"], strict=True):
+        assert (mine["temperature"], mine["prior_correction"]) == (
+            theirs["temperature"],
+            theirs["prior_correction"],
+        )
+        assert mine["psnr"] == pytest.approx(theirs["psnr"], abs=1e-3)
+        assert mine["colorfulness"] == pytest.approx(theirs["colorfulness"], rel=1e-3)
+    capsys.readouterr()
+    both = ["tune-decoding", str(ckpt), "--model", str(exported), "--out", str(from_model)]
+    assert main([*both, *common]) == 2
+    assert "one of the two" in capsys.readouterr().err
+    assert main(["tune-decoding", "--out", str(from_model), *common]) == 2
 
 
 def test_export_flags_override_decoding(tmp_path):
