@@ -86,7 +86,9 @@ def score_photos(
     """
     if not model.classify:
         raise ValueError("tune-decoding needs a classification-head checkpoint or model")
-    pipeline = ColorizePipeline(model, spec, device, dtype)
+    # Not frozen: the network runs as ``model.head_output`` below, never as the pipeline's
+    # forward, so a frozen copy (the default for a TorchScript file on CUDA) would be waste.
+    pipeline = ColorizePipeline(model, spec, device, dtype, freeze=False)
     per_image: dict[Decoding, list[dict]] = {c: [] for c in candidates}
     for _, truths in photo_batches(data, batch_size, "tune", progress):
         batch = pipeline.prepare(truths)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from serving.runtime.model_spec import ModelSpec, load_scripted
 from serving.runtime.pipeline import ColorizePipeline, compose, model_inputs
-from training.decoding import NoFeasibleDecoding, choose
-from training.evaluate import image_metrics, photo_batches, summarize
+from training.decoding import Decoding, NoFeasibleDecoding, choose, summary_rows
+from training.evaluate import image_metrics, photo_batches
 from training.model import decode_logits
 
 SQUARE_ENOUGH = 1.15  # photos with aspect ratio below this get no crops (the whole view)
@@ -164,7 +164,8 @@ def measure(
     if not module.classify:
         raise ValueError(f"{path} has a regression head; test-time views pool bin logits")
     pipeline = ColorizePipeline(module, spec, torch.device("cpu"), torch.float32)
-    per_image = {(v, c): [] for v in views for c in corrections}
+    decodings = [Decoding(module.temperature, c) for c in corrections]
+    per_image = {v: {d: [] for d in decodings} for v in views}
     runs = dict.fromkeys(views, 0)
     photos = 0
     for _, truths in photo_batches(data, 1, "views", progress):
@@ -174,18 +175,14 @@ def measure(
         for name in views:
             logits = photo.logits(name)[None]
             runs[name] += photo.runs(name)
-            for c in corrections:
-                ab = decode_logits(logits, module.class_weights, module.bin_centers, c,
-                                   module.temperature)[0]  # fmt: skip
-                per_image[(name, c)].append(image_metrics(compose(lightness, ab, spec), truth))
+            for d in decodings:
+                ab = decode_logits(logits, module.class_weights, module.bin_centers,
+                                   d.prior_correction, d.temperature)[0]  # fmt: skip
+                per_image[name][d].append(image_metrics(compose(lightness, ab, spec), truth))
         photos += 1
     rows = []
     for name in views:
-        summaries = [
-            {"temperature": module.temperature, "prior_correction": c}
-            | summarize(per_image[(name, c)], torch.float32)
-            for c in corrections
-        ]
+        summaries = summary_rows(per_image[name], torch.float32)
         try:
             choice = choose(summaries, min_colorfulness_ratio)
         except NoFeasibleDecoding:

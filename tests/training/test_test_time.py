@@ -36,8 +36,8 @@ def left_right_photo(height: int, width: int) -> torch.Tensor:
 
 
 def mean_l(l_in: torch.Tensor, gray_in: torch.Tensor) -> torch.Tensor:
-    """A stand-in head: (1, 2, 8, 8) logits equal to each input column's mean L (scaled),
-    so the canvas shows where each crop's columns land."""
+    """A stand-in head: (1, 2, 8, 8) logits equal to the mean scaled L of each of the
+    input's 8x8 cells, so the canvas shows where each crop's cells land."""
     columns = torch.nn.functional.adaptive_avg_pool2d(l_in, (8, 8))
     return columns.expand(-1, 2, -1, -1)
 
