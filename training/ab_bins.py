@@ -16,6 +16,7 @@ from serving.runtime.model_spec import ModelSpec
 
 GAMUT_SAMPLES_PER_CHANNEL = 48  # RGB grid used to find the in-gamut bins
 REBALANCE_MIX = 0.5  # lambda in Zhang et al.: mix of empirical and uniform priors
+SOFT_TARGET_SIGMA = 5.0  # Lab units: Gaussian width of Zhang et al.'s soft encoding
 
 
 def gamut_bin_centers(bin_size: float, spec: ModelSpec = ModelSpec()) -> torch.Tensor:
@@ -35,6 +36,26 @@ def nearest_bin(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     b, _, h, w = ab.shape
     flat = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
     return torch.cdist(flat, centers.to(flat)).argmin(dim=1).reshape(b, h, w)
+
+
+def soft_targets(
+    ab: torch.Tensor, centers: torch.Tensor, neighbors: int, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a*b* (B, 2, H, W) -> each pixel's ``neighbors`` nearest bins and their target mass.
+
+    Returns (indices (B*H*W, K) int64, nearest first; weights (B*H*W, K) float32, each row
+    summing to 1), the weights a Gaussian of the distance to each center with width
+    ``sigma`` (network units, like ``ab`` and ``centers``): Zhang et al.'s soft encoding
+    (K 5, sigma 5 Lab units). K 1 gives the nearest bin with weight 1.
+    """
+    if not 1 <= neighbors <= len(centers):
+        raise ValueError(f"neighbors must be 1..{len(centers)} (the bins), got {neighbors}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
+    dist, idx = torch.cdist(flat, centers.to(flat)).topk(neighbors, dim=1, largest=False)
+    weights = torch.softmax(-(dist**2) / (2 * sigma**2), dim=1)
+    return idx, weights
 
 
 def rebalance_weights(counts: torch.Tensor, mix: float = REBALANCE_MIX) -> torch.Tensor:

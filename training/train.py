@@ -29,7 +29,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm import tqdm
 
 from serving.runtime.device import PRECISIONS, pick_device, pick_dtype
-from training.ab_bins import REBALANCE_MIX, nearest_bin, rebalance_weights
+from serving.runtime.model_spec import ModelSpec
+from training.ab_bins import (
+    REBALANCE_MIX,
+    SOFT_TARGET_SIGMA,
+    nearest_bin,
+    rebalance_weights,
+    soft_targets,
+)
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PhotoDataset, collate, split_files
 from training.model import (
@@ -115,6 +122,12 @@ class TrainConfig:
         "classification: lambda of the class rebalancing, weights 1/((1-lambda) p + lambda/Q); "
         "1.0 turns rebalancing off (Zhang et al.: 0.5)",
         REBALANCE_MIX,
+    )
+    target_bins: int = option(
+        "classification: spread each pixel's target over its N nearest a*b* bins, weighted by "
+        f"a Gaussian of width {SOFT_TARGET_SIGMA:g} Lab units (Zhang et al.'s soft encoding: "
+        "5); 1 is the nearest bin alone",
+        1,
     )
     seed: int = option("seed for init, shuffling, augmentation", 0)
     resume: Path | None = option("checkpoint to continue from (last.pt)", None)
@@ -285,20 +298,47 @@ class HeadOutput(nn.Module):
         return self.model.head_output(l_in, gray)
 
 
-def loss_fn(model: Colorizer, raw: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+def loss_fn(
+    model: Colorizer, raw: torch.Tensor, ab: torch.Tensor, target_bins: int = 1
+) -> torch.Tensor:
     """The training objective for the model's head.
 
     raw: head output (B, 2|Q, 112, 112); ab: target (B, 2, 224, 224) in [-1, 1].
     Regression: MSE on a*b* (the paper). Classification: class-rebalanced cross-entropy
-    against the nearest a*b* bin of the 2x2-averaged target.
+    against the 2x2-averaged target's nearest a*b* bin (``target_bins`` 1), or against its
+    soft encoding over the ``target_bins`` nearest bins (see ``soft_targets``), each pixel
+    weighted by its nearest bin's class weight; both are weighted means over pixels.
     """
     if model.classify:
-        target = nearest_bin(F.avg_pool2d(ab, 2), model.bin_centers)  # (B, 112, 112)
+        target = F.avg_pool2d(ab, 2)  # (B, 2, 112, 112)
         # Classes last: a view of a channels_last tensor, and a fast contiguous softmax.
         logits = raw.permute(0, 2, 3, 1).reshape(-1, raw.shape[1]).float()
-        return F.cross_entropy(logits, target.reshape(-1), weight=model.class_weights)
+        if target_bins == 1:
+            nearest = nearest_bin(target, model.bin_centers).reshape(-1)
+            return F.cross_entropy(logits, nearest, weight=model.class_weights)
+        sigma = SOFT_TARGET_SIGMA / ModelSpec().ab_scale
+        idx, mass = soft_targets(target, model.bin_centers, target_bins, sigma)
+        pixel = -(mass * F.log_softmax(logits, dim=1).gather(1, idx)).sum(1)
+        weight = model.class_weights[idx[:, 0]]
+        return (weight * pixel).sum() / weight.sum()
     pred = F.interpolate(torch.tanh(raw.float()), scale_factor=2.0, mode="nearest")
     return F.mse_loss(pred, ab)
+
+
+def check_target_bins(target_bins: int, model: Colorizer) -> None:
+    """ValueError unless ``target_bins`` is 1, or 2..Q for a classification head."""
+    if target_bins == 1:
+        return
+    if not model.classify:
+        raise ValueError(
+            f"--target-bins {target_bins} needs the classification head; the regression head "
+            "trains on a*b* values (use 1)"
+        )
+    if not 1 <= target_bins <= len(model.bin_centers):
+        raise ValueError(
+            f"--target-bins must be 1..{len(model.bin_centers)} (the head's bins), "
+            f"got {target_bins}"
+        )
 
 
 def class_counts(files: list[Path], model: Colorizer, limit: int = 2_000) -> torch.Tensor:
@@ -329,16 +369,18 @@ def train_step(
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     device: torch.device,
     dtype: torch.dtype,
+    target_bins: int = 1,
 ) -> torch.Tensor:
     """One Adam step on (l (B,1,S,S), gray (B,1,G,G), ab (B,2,S,S)), all in [-1, 1].
 
     ``view`` is the HeadOutput of ``model`` (DDP-wrapped when distributed); the forward
-    runs under ``dtype`` autocast, the loss in fp32. Returns the loss (detached scalar).
+    runs under ``dtype`` autocast, the loss (``loss_fn`` with ``target_bins``) in fp32.
+    Returns the loss (detached scalar).
     """
     l_in, gray, ab = batch
     with autocast(device, dtype):
         raw = view(_to(l_in, device), _to(gray, device))
-    loss = loss_fn(model, raw, ab.to(device))
+    loss = loss_fn(model, raw, ab.to(device), target_bins)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -414,6 +456,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             )
     else:
         model = build_model(model_config(cfg), cfg.backbone_weights)
+    check_target_bins(cfg.target_bins, model)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
     if model.classify and ckpt is None:
         counts = class_counts(train_files, model)
@@ -456,7 +499,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             if len(l_in):
-                loss = train_step(model, ddp, optimizer, (l_in, gray, ab), device, dtype)
+                loss = train_step(
+                    model, ddp, optimizer, (l_in, gray, ab), device, dtype, cfg.target_bins
+                )
                 loss_sum += loss.item() * len(l_in)
                 seen += len(l_in)
             rate = seen * env.world_size / (time.perf_counter() - started)
