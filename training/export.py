@@ -7,6 +7,7 @@ Refuses to write the file when TorchScript and eager outputs differ by more than
 from __future__ import annotations
 
 import argparse
+import copy
 import warnings
 from pathlib import Path
 
@@ -45,13 +46,27 @@ def parity(model: Network, scripted: torch.jit.ScriptModule, spec: ModelSpec, se
         return float((model(l_in, gray) - scripted(l_in, gray)).abs().max())
 
 
-def export(model: Network, out: str | Path, spec: ModelSpec = ModelSpec(), seed: int = 0) -> float:
+def round_to_half(model: Network) -> Network:
+    """The model (in place) with every floating weight and buffer rounded to float16 and
+    back: the float32 network that a ``half`` file loads as."""
+    return model.half().float()
+
+
+def export(
+    model: Network,
+    out: str | Path,
+    spec: ModelSpec = ModelSpec(),
+    seed: int = 0,
+    half: bool = False,
+) -> float:
     """Script, check parity (before AND after a save/load round trip), write ``out``.
 
-    Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
+    ``half``: store the weights as float16 (see ``save_scripted``); the eager model is
+    rounded the same way first (``round_to_half``, in place), so parity compares like with
+    like. Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
     """
     out = Path(out)
-    model = model.float().eval()
+    model = (round_to_half(model) if half else model.float()).eval()
     scripted = script_model(model)
     diff = parity(model, scripted, spec, seed)
     if diff > PARITY_TOLERANCE:
@@ -60,7 +75,7 @@ def export(model: Network, out: str | Path, spec: ModelSpec = ModelSpec(), seed:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    save_scripted(scripted, spec, tmp)
+    save_scripted(scripted, spec, tmp, half=half)
     reloaded, _ = load_scripted(tmp)
     diff = max(diff, parity(model, reloaded, spec, seed + 1))
     if diff > PARITY_TOLERANCE:
@@ -68,6 +83,13 @@ def export(model: Network, out: str | Path, spec: ModelSpec = ModelSpec(), seed:
         raise ExportParityError(f"reloaded TorchScript differs by {diff:.3g} > {PARITY_TOLERANCE}")
     tmp.replace(out)
     return diff
+
+
+def rounding_change(before: Network, after: Network, spec: ModelSpec, seed: int) -> float:
+    """Max |a*b*| difference in Lab units between two eager networks on a random batch."""
+    l_in, gray = random_inputs(spec, batch=2, seed=seed)
+    with torch.inference_mode():
+        return float((before(l_in, gray) - after(l_in, gray)).abs().max()) * spec.ab_scale
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -82,10 +104,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         nargs="+",
         help="checkpoint written by `colorizer train` (last.pt); several classification "
-        "checkpoints trained with the same frozen backbone export as one ensemble",
+        "checkpoints of one network shape and class weights export as one ensemble (a frozen "
+        "backbone they share is stored and run once)",
     )
     p.add_argument("--out", type=Path, required=True, help="TorchScript file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights as float16: half the file; loading gives float32 weights again "
+        "(rounded to float16's precision; the parity check compares the same rounding)",
+    )
     p.add_argument(
         "--decoding",
         type=Path,
@@ -113,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
         )
         model.with_decoding(temperature, correction)
         print(f"decoding: temperature {temperature}, prior correction {correction}")
-    diff = export(model, args.out, seed=args.seed)
+    if args.half:
+        reference = copy.deepcopy(model).float().eval()
+        change = rounding_change(reference, round_to_half(model).eval(), ModelSpec(), args.seed)
+        print(f"float16 weights change a*b* by at most {change:.3g} Lab units on random inputs")
+    diff = export(model, args.out, seed=args.seed, half=args.half)
     print(f"export parity: max |eager - torchscript| = {diff:.3g} (limit {PARITY_TOLERANCE})")
     print(f"wrote {args.out}")
     return 0

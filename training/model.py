@@ -317,61 +317,86 @@ def _set_decoding(module, temperature: float, prior_correction: float):
 
 
 class ColorBranch(nn.Module):
-    """One trained network's own layers around a given embedding.
+    """One trained network's own layers around an embedding.
 
-    forward(l_224 (B,1,224,224) in [-1,1], embedding (B,E), tap (see ``Colorizer.embed``))
-    -> logits (B,Q,112,112).
+    forward(l_224 (B,1,224,224) in [-1,1], x (B,3,s,s) backbone input (see
+    ``backbone_input``), embedding (B,E), tap (see ``Colorizer.embed``)) -> logits
+    (B,Q,112,112). With ``backbone`` (a member fine-tuned with its own backbone) the branch
+    embeds ``x`` itself and ignores ``embedding`` and ``tap``; without, it uses them (one
+    frozen backbone shared by every member).
     """
 
-    def __init__(self, model: Colorizer) -> None:
+    __constants__ = ["own_backbone", "fused"]
+
+    def __init__(self, model: Colorizer, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder, self.fusion = model.encoder, model.fusion
         self.decoder, self.head = model.decoder, model.head
+        self.own_backbone = backbone is not None
+        self.fused = model.fused
+        self.backbone = backbone if backbone is not None else nn.Identity()
 
     def forward(
-        self, l_224: torch.Tensor, embedding: torch.Tensor, tap: torch.Tensor
+        self, l_224: torch.Tensor, x: torch.Tensor, embedding: torch.Tensor, tap: torch.Tensor
     ) -> torch.Tensor:
+        if self.own_backbone:
+            if self.fused:
+                embedding, tap = self.backbone(x)
+            else:
+                embedding = self.backbone(x)
+                tap = embedding
         return self.head(self.decoder(self.fusion(self.encoder(l_224), embedding, tap)))
 
 
 class ColorizerEnsemble(nn.Module):
-    """Several classification networks trained with one frozen backbone (e.g. seeds of one
-    recipe), run as one: the backbone once, then each member's encoder, fusion, decoder and
-    head; their per-pixel bin distributions are pooled by averaging log-probabilities
-    (a geometric mean), then decoded like one ``Colorizer``.
+    """Several classification networks of one shape, run as one; their per-pixel bin
+    distributions are pooled by averaging log-probabilities (a geometric mean), then
+    decoded like one ``Colorizer``.
+
+    Members trained with one frozen backbone (seeds of a frozen recipe) share it: the
+    backbone is stored and run once, then each member's encoder, fusion, decoder and head.
+    Members whose backbones differ (fine-tuned) each keep and run their own
+    (``shared_backbone`` False): the ensemble then costs every member's whole network.
 
     Same interface as ``Colorizer`` (forward, head_output, decode, with_decoding, config),
     so tuning, export and serving treat it as one network.
     """
 
-    __constants__ = ["classify", "temperature", "prior_correction", "embed_size", "fused"]
+    __constants__ = [
+        "classify", "temperature", "prior_correction", "embed_size", "fused", "shared_backbone"
+    ]  # fmt: skip
 
     def __init__(self, members: list[Colorizer]) -> None:
         super().__init__()
         check_ensemble(members)
         first = members[0]
+        self.shared_backbone = shares_backbone(members)
         self.config = first.config
         self.classify = True
         self.temperature = first.temperature
         self.prior_correction = first.prior_correction
         self.embed_size = first.embed_size
         self.fused = first.fused
-        self.backbone = first.backbone
-        self.branches = nn.ModuleList([ColorBranch(m) for m in members])
+        self.backbone = first.backbone if self.shared_backbone else nn.Identity()
+        self.branches = nn.ModuleList(
+            [ColorBranch(m, None if self.shared_backbone else m.backbone) for m in members]
+        )
         self.register_buffer("bin_centers", first.bin_centers.clone())
         self.register_buffer("class_weights", first.class_weights.clone())
 
     def head_output(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         """Pooled log-probabilities (B, Q, 112, 112), the members' mean log-softmax."""
         x = backbone_input(gray_299, self.embed_size)
-        if self.fused:
-            embedding, tap = self.backbone(x)
-        else:
-            embedding = self.backbone(x)
-            tap = embedding
+        embedding, tap = x, x  # each branch embeds x itself unless the backbone is shared
+        if self.shared_backbone:
+            if self.fused:
+                embedding, tap = self.backbone(x)
+            else:
+                embedding = self.backbone(x)
+                tap = embedding
         log_probs: list[torch.Tensor] = []
         for branch in self.branches:
-            log_probs.append(torch.log_softmax(branch(l_224, embedding, tap), dim=1))
+            log_probs.append(torch.log_softmax(branch(l_224, x, embedding, tap), dim=1))
         return torch.stack(log_probs).mean(dim=0)
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
@@ -389,28 +414,29 @@ class ColorizerEnsemble(nn.Module):
 
 
 def check_ensemble(members: list[Colorizer]) -> None:
-    """Raise ValueError unless ``members`` can share one backbone: at least two
-    classification networks with the same config (decoding aside), the same bins and
-    class weights, and bit-identical backbone weights (a frozen pretrained backbone)."""
+    """Raise ValueError unless ``members`` can pool their bins: at least two classification
+    networks with the same config (decoding aside) and the same bins and class weights."""
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least two networks, got {len(members)}")
     first = members[0]
     if not first.classify:
         raise ValueError("ensembles pool the classification head's bins; got a regression head")
     shape = replace(first.config, temperature=0.0, prior_correction=0.0)
-    reference = first.backbone.state_dict()
     for i, m in enumerate(members[1:], start=1):
         if replace(m.config, temperature=0.0, prior_correction=0.0) != shape:
             raise ValueError(f"network {i} has another config than network 0: {m.config}")
         if not torch.equal(m.class_weights, first.class_weights):
             raise ValueError(f"network {i} was trained with other class weights than network 0")
-        theirs = m.backbone.state_dict()
-        if any(not torch.equal(reference[k], theirs[k]) for k in reference):
-            raise ValueError(
-                f"network {i}'s backbone weights differ from network 0's; an ensemble shares "
-                "one backbone, so its members must be trained with the backbone frozen "
-                "(--backbone-lr-scale 0) from the same weights"
-            )
+
+
+def shares_backbone(members: list[Colorizer]) -> bool:
+    """Whether every member's backbone weights are bit-identical to the first's (a frozen
+    pretrained backbone), so an ensemble can store and run it once."""
+    reference = members[0].backbone.state_dict()
+    return all(
+        all(torch.equal(reference[k], v) for k, v in m.backbone.state_dict().items())
+        for m in members[1:]
+    )
 
 
 Network = Colorizer | ColorizerEnsemble  # what tuning and export take

@@ -7,6 +7,7 @@ constants are never typed twice.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,15 +45,35 @@ class ModelSpec:
         return cls(**data)
 
 
-def save_scripted(module: torch.jit.ScriptModule, spec: ModelSpec, path: str | Path) -> None:
-    """Write a TorchScript module with its spec embedded as an extra file."""
+def save_scripted(
+    module: torch.jit.ScriptModule, spec: ModelSpec, path: str | Path, half: bool = False
+) -> None:
+    """Write a TorchScript module with its spec embedded as an extra file.
+
+    ``half``: store its floating-point weights and buffers as float16 (half the file;
+    ``load_scripted`` returns them as float32). ``module`` itself is left as it is.
+    """
+    if half:  # on a copy (a save/load round trip), so the caller's module keeps its dtype
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        module = torch.jit.load(buffer).half()
     torch.jit.save(module, str(path), _extra_files={SPEC_FILE: spec.to_json()})
+
+
+def stored_half(module: torch.nn.Module) -> bool:
+    """Whether any of the module's weights or buffers is float16 (see ``save_scripted``)."""
+    tensors = (*module.parameters(), *module.buffers())
+    return any(t.dtype == torch.float16 for t in tensors)
 
 
 def load_scripted(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.jit.ScriptModule, ModelSpec]:
-    """Load a TorchScript file written by ``save_scripted``; error if it carries no spec."""
+    """Load a TorchScript file written by ``save_scripted``; error if it carries no spec.
+
+    Weights stored as float16 come back as float32.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -60,4 +81,6 @@ def load_scripted(
     module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     if not extra[SPEC_FILE]:
         raise ValueError(f"{path} has no {SPEC_FILE}; export it with `colorizer export`")
+    if stored_half(module):
+        module = module.float()  # the pipeline runs float32 weights (under autocast for bf16)
     return module.eval(), ModelSpec.from_json(extra[SPEC_FILE])
