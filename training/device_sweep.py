@@ -41,6 +41,7 @@ BASE = (
     "--epochs 60 --lr-schedule cosine --batch-size 16 --lr 1e-3 --seed 0"
 ).split()
 FINETUNE = ["--backbone-bn", "frozen", "--backbone-lr-scale"]  # + the scale
+SOFT5 = ["--fuse-stage", "4", *FINETUNE, "0.1", "--target-bins", "5"]
 RECIPES: dict[str, list[str]] = {
     # Sweep 1 (H100, 2026-11-27): the default's recipe and three changes to it.
     "default-s0": [],
@@ -77,6 +78,10 @@ RECIPES: dict[str, list[str]] = {
     "fuse4-e30-s0": ["--fuse-stage", "4", "--epochs", "30"],
     "fuse4-e30-s1": ["--fuse-stage", "4", "--epochs", "30", "--seed", "1"],
     "fuse4-e30-s2": ["--fuse-stage", "4", "--epochs", "30", "--seed", "2"],
+    # Sweep 5 (not yet run on a device): the default's recipe (fuse4-finetune) with Zhang et
+    # al.'s soft targets (--target-bins 5), trained once on the CPU on 2026-11-28; its seeds
+    # tell a better recipe from a lucky draw.
+    **{f"fuse4-finetune-soft5-s{seed}": [*SOFT5, "--seed", str(seed)] for seed in range(4)},
 }
 MIN_COLORFULNESS = 0.60  # the floor `make default-model` tunes at (DEFAULT_MIN_COLORFULNESS)
 THREADS_PER_RUN = 2

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from serving.runtime.model_spec import load_scripted
+from serving.runtime.model_spec import load_scripted, stored_half
 from serving.runtime.pipeline import ColorizePipeline
 from training.decoding import read_choice
 from training.evaluate import evaluate
@@ -24,6 +25,16 @@ def test_default_weights_are_shipped_small_and_loadable():
     module, spec = load_scripted(weights)
     assert spec.l_size == 224 and spec.gray_size == 299
     assert (DEFAULT / "MODEL_CARD.md").is_file()
+
+
+def test_default_is_two_fine_tuned_networks_stored_as_float16():
+    """The card's model: an ensemble of two networks, each with its own backbone, whose
+    weights the file stores as float16 (that is what keeps it under MAX_BYTES)."""
+    stored = torch.jit.load(str(DEFAULT / "colorizer.pt"))
+    assert stored_half(stored)
+    module, _ = load_scripted(DEFAULT / "colorizer.pt")
+    assert not stored_half(module)
+    assert not module.shared_backbone and len(list(module.branches.children())) == 2
 
 
 def test_default_decodes_as_its_tuning_report_chose():
