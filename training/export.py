@@ -48,7 +48,16 @@ def parity(model: Network, scripted: torch.jit.ScriptModule, spec: ModelSpec, se
 
 def round_to_half(model: Network) -> Network:
     """The model (in place) with every floating weight and buffer rounded to float16 and
-    back: the float32 network that a ``half`` file loads as."""
+    back: the float32 network that a ``half`` file loads as.
+
+    Raises ValueError, before changing anything, when a value lies outside float16's range.
+    """
+    limit = torch.finfo(torch.float16).max
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and tensor.numel() and tensor.detach().abs().max() > limit:
+            raise ValueError(
+                f"{name} holds values beyond float16's range (+-{limit:g}); export without --half"
+            )
     return model.half().float()
 
 

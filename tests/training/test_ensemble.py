@@ -15,7 +15,7 @@ from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
 from training.checkpoint import models_from_checkpoints, save_checkpoint
 from training.evaluate import evaluate
-from training.export import random_inputs, script_model
+from training.export import random_inputs, round_to_half, script_model
 from training.model import Colorizer, ColorizerEnsemble, count_parameters
 
 PHOTOS = "tests/data/photos"
@@ -178,3 +178,14 @@ def test_half_export_of_fine_tuned_members_halves_the_file_and_loads_as_float32(
     pipeline = ColorizePipeline.load(half, "cpu", "fp32")
     photo = decode_image(sorted(Path(PHOTOS).glob("*.jpg"))[0].read_bytes())
     assert pipeline.infer(pipeline.prepare([photo])).shape[1] == 2
+
+
+def test_half_export_refuses_weights_beyond_float16():
+    net = members(1)[0]
+    with torch.no_grad():
+        net.head.bias[0] = 1e6
+    with pytest.raises(ValueError, match="head.bias.*float16"):
+        round_to_half(net)
+    assert float(net.head.bias[0]) == 1e6  # untouched
+    regression = round_to_half(Colorizer(TINY))  # an empty bin-center buffer is fine
+    assert regression.bin_centers.numel() == 0
