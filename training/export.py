@@ -151,11 +151,11 @@ def run(args: argparse.Namespace) -> int:
         )
         model.with_decoding(temperature, correction)
         print(f"decoding: temperature {temperature}, prior correction {correction}")
-    if args.half:
-        reference = copy.deepcopy(model).float().eval()
-        change = rounding_change(reference, round_to_half(model).eval(), ModelSpec(), args.seed)
+    reference = copy.deepcopy(model).float().eval() if args.half else None
+    diff = export(model, args.out, seed=args.seed, half=args.half)  # rounds ``model`` if half
+    if reference is not None:
+        change = rounding_change(reference, model, ModelSpec(), args.seed)
         print(f"float16 weights change a*b* by at most {change:.3g} Lab units on random inputs")
-    diff = export(model, args.out, seed=args.seed, half=args.half)
     print(f"export parity: max |eager - torchscript| = {diff:.3g} (limit {PARITY_TOLERANCE})")
     print(f"wrote {args.out}")
     return 0

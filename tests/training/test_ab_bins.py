@@ -24,6 +24,7 @@ from training.synth import write_dataset
 from training.train import check_target_bins, loss_fn, train
 
 SPEC = ModelSpec()
+SIGMA = SOFT_TARGET_SIGMA / SPEC.ab_scale  # what loss_fn's soft targets use
 
 
 def test_bins_cover_the_srgb_gamut_and_nothing_far_outside():
@@ -56,7 +57,7 @@ def test_soft_targets_spread_gaussian_mass_over_the_nearest_bins():
 def test_soft_targets_match_nearest_bin_and_sum_to_one_on_real_bins():
     centers = gamut_bin_centers(10.0)
     ab = torch.rand(2, 2, 5, 7) * 0.6 - 0.3
-    idx, mass = soft_targets(ab, centers, 5, SOFT_TARGET_SIGMA / SPEC.ab_scale)
+    idx, mass = soft_targets(ab, centers, 5, SIGMA)
     assert idx.shape == mass.shape == (2 * 5 * 7, 5)
     assert torch.equal(idx[:, 0], nearest_bin(ab, centers).reshape(-1))
     assert torch.allclose(mass.sum(1), torch.ones(len(mass)))
@@ -83,7 +84,7 @@ def test_soft_target_loss_is_the_rebalanced_cross_entropy_against_the_soft_encod
     raw = torch.randn(2, q, 112, 112)
     ab = torch.rand(2, 2, 224, 224) * 0.6 - 0.3
     # Reference: dense (N, Q) targets, each pixel weighted by its nearest bin's class weight.
-    idx, mass = soft_targets(F.avg_pool2d(ab, 2), model.bin_centers, 5, 5.0 / SPEC.ab_scale)
+    idx, mass = soft_targets(F.avg_pool2d(ab, 2), model.bin_centers, 5, SIGMA)
     dense = torch.zeros(len(idx), q).scatter_(1, idx, mass)
     log_p = F.log_softmax(raw.permute(0, 2, 3, 1).reshape(-1, q), dim=1)
     weight = model.class_weights[idx[:, 0]]
@@ -100,7 +101,7 @@ def test_soft_target_loss_prefers_the_soft_encoding_to_the_nearest_bin_alone():
     model = _classifier()
     ab = torch.rand(1, 2, 224, 224) * 0.6 - 0.3
     q = len(model.bin_centers)
-    idx, mass = soft_targets(F.avg_pool2d(ab, 2), model.bin_centers, 5, 5.0 / SPEC.ab_scale)
+    idx, mass = soft_targets(F.avg_pool2d(ab, 2), model.bin_centers, 5, SIGMA)
 
     def logits(rows: torch.Tensor) -> torch.Tensor:  # (N, Q) probabilities -> (1, Q, 112, 112)
         return rows.clamp(min=1e-6).log().reshape(1, 112, 112, q).permute(0, 3, 1, 2)
