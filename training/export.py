@@ -1,14 +1,21 @@
 """`colorizer export CHECKPOINT --out FILE.pt`: one TorchScript file with its ModelSpec.
 
+The file holds the network in its inference layout (``training.inference``), which takes
+the gray image at the backbone's own size; the spec written beside it says which.
 Refuses to write the file when TorchScript and eager outputs differ by more than
 ``PARITY_TOLERANCE`` on fresh random inputs (fp32).
+
+``--from-exported OLD.pt --network-config CONFIG.json`` re-exports a file written before
+the inference layout (its weights as they are), for a model whose checkpoints are gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +23,8 @@ import torch
 from serving.runtime.model_spec import ModelSpec, load_scripted, save_scripted
 from training.checkpoint import models_from_checkpoints
 from training.decoding import Decoding, read_choice
-from training.model import Network
+from training.inference import InferenceColorizer, backbone_size
+from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network
 
 PARITY_TOLERANCE = 1e-4
 
@@ -33,14 +41,20 @@ def random_inputs(spec: ModelSpec, batch: int, seed: int) -> tuple[torch.Tensor,
     return l_in, gray
 
 
+def export_spec(model: Network) -> ModelSpec:
+    """The spec of ``model``'s exported file: gray input at the backbone's own size."""
+    return replace(ModelSpec(), gray_size=backbone_size(model, ModelSpec().gray_size))
+
+
 def script_model(model: Network) -> torch.jit.ScriptModule:
+    """``model`` in its inference layout (``InferenceColorizer``), scripted."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated but still the format
-        return torch.jit.script(model.eval())
+        return torch.jit.script(InferenceColorizer(model.eval()).eval())
 
 
 def parity(model: Network, scripted: torch.jit.ScriptModule, spec: ModelSpec, seed: int) -> float:
-    """Max |eager - scripted| over a fresh random batch, fp32."""
+    """Max |eager - scripted| over a fresh random batch, fp32; gray at ``spec.gray_size``."""
     l_in, gray = random_inputs(spec, batch=2, seed=seed)
     with torch.inference_mode():
         return float((model(l_in, gray) - scripted(l_in, gray)).abs().max())
@@ -64,17 +78,18 @@ def round_to_half(model: Network) -> Network:
 def export(
     model: Network,
     out: str | Path,
-    spec: ModelSpec = ModelSpec(),
     seed: int = 0,
     half: bool = False,
 ) -> float:
-    """Script, check parity (before AND after a save/load round trip), write ``out``.
+    """Script, check parity (before AND after a save/load round trip), write ``out`` with
+    ``export_spec(model)`` and the network's config (``NETWORK_FILE``) embedded.
 
     ``half``: store the weights as float16 (see ``save_scripted``); the eager model is
     rounded the same way first (``round_to_half``, in place), so parity compares like with
     like. Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
     """
     out = Path(out)
+    spec = export_spec(model)
     model = (round_to_half(model) if half else model.float()).eval()
     scripted = script_model(model)
     diff = parity(model, scripted, spec, seed)
@@ -84,7 +99,7 @@ def export(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    save_scripted(scripted, spec, tmp, half=half)
+    save_scripted(scripted, spec, tmp, half=half, extra={NETWORK_FILE: network_json(model)})
     reloaded, _ = load_scripted(tmp)
     diff = max(diff, parity(model, reloaded, spec, seed + 1))
     if diff > PARITY_TOLERANCE:
@@ -92,6 +107,46 @@ def export(
         raise ExportParityError(f"reloaded TorchScript differs by {diff:.3g} > {PARITY_TOLERANCE}")
     tmp.replace(out)
     return diff
+
+
+NETWORK_FILE = "colorizer_network.json"  # extra file: what rebuilds the eager network
+
+
+def network_json(model: Network) -> str:
+    """The config and member count that rebuild ``model``'s layers (``network_from_json``)."""
+    members = len(model.branches) if isinstance(model, ColorizerEnsemble) else 1
+    return json.dumps({"config": model.config.to_dict(), "members": members}, sort_keys=True)
+
+
+def network_from_json(text: str) -> Network:
+    """A randomly initialised network of the shape ``network_json`` describes."""
+    data = json.loads(text)
+    config = ColorizerConfig.from_dict(data["config"])
+    if int(data["members"]) == 1:
+        return Colorizer(config)
+    return ColorizerEnsemble([Colorizer(config) for _ in range(int(data["members"]))])
+
+
+def network_from_exported(path: str | Path, network: Network) -> Network:
+    """``network`` (its shape) with the weights and decoding of a file exported before the
+    inference layout, whose state dict is the trained network's own.
+
+    Raises ValueError when the file's weights do not fit ``network`` (another shape, or a
+    file already in the inference layout, which keeps no per-member heads).
+    """
+    module, _ = load_scripted(path)
+    state = module.state_dict()
+    mine = network.state_dict()
+    missing, unknown = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    if missing or unknown:
+        raise ValueError(
+            f"{path} does not hold this network's weights: lacks {missing[:4]}, has unknown "
+            f"{unknown[:4]}; pass the config it was trained with (--network-config)"
+        )
+    network.load_state_dict(state)
+    if network.classify:
+        network.with_decoding(float(module.temperature), float(module.prior_correction))
+    return network.eval()
 
 
 def rounding_change(before: Network, after: Network, spec: ModelSpec, seed: int) -> float:
@@ -111,12 +166,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         type=Path,
-        nargs="+",
+        nargs="*",
         help="checkpoint written by `colorizer train` (last.pt); several classification "
         "checkpoints of one network shape and class weights export as one ensemble (a frozen "
         "backbone they share is stored and run once)",
     )
     p.add_argument("--out", type=Path, required=True, help="TorchScript file to write (.pt)")
+    p.add_argument(
+        "--from-exported",
+        type=Path,
+        help="instead of checkpoints: a .pt exported before the inference layout (the "
+        "network's own state dict); its weights and decoding are re-exported as they are",
+    )
+    p.add_argument(
+        "--network-config",
+        type=Path,
+        help='with --from-exported: JSON {"config": ColorizerConfig fields, "members": N} '
+        f"of that file's network (files exported since carry it as {NETWORK_FILE})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
     p.add_argument(
         "--half",
@@ -136,8 +203,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def source_network(args: argparse.Namespace) -> Network:
+    """The network to export: from checkpoints, or from an older exported file."""
+    if bool(args.checkpoint) == bool(args.from_exported):
+        raise ValueError("give checkpoints or --from-exported FILE.pt, not both or neither")
+    if args.checkpoint:
+        return models_from_checkpoints(args.checkpoint)
+    if args.network_config is None:
+        raise ValueError("--from-exported needs --network-config CONFIG.json")
+    shape = network_from_json(args.network_config.read_text())
+    return network_from_exported(args.from_exported, shape)
+
+
 def run(args: argparse.Namespace) -> int:
-    model = models_from_checkpoints(args.checkpoint)
+    model = source_network(args)
     if args.decoding or args.temperature is not None or args.prior_correction is not None:
         cfg = model.config
         chosen = (
@@ -154,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     reference = copy.deepcopy(model).float().eval() if args.half else None
     diff = export(model, args.out, seed=args.seed, half=args.half)  # rounds ``model`` if half
     if reference is not None:
-        change = rounding_change(reference, model, ModelSpec(), args.seed)
+        change = rounding_change(reference, model, export_spec(model), args.seed)
         print(f"float16 weights change a*b* by at most {change:.3g} Lab units on random inputs")
     print(f"export parity: max |eager - torchscript| = {diff:.3g} (limit {PARITY_TOLERANCE})")
     print(f"wrote {args.out}")

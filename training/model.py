@@ -128,7 +128,7 @@ class Fusion(nn.Module):
         if self.fuse_tap:
             tap = tap.to(features.dtype)
             if tap.shape[-2:] != features.shape[-2:]:
-                tap = F.interpolate(tap, size=(h, w), mode="bilinear", align_corners=False)
+                tap = resize_bilinear(tap, h, w)
             parts.append(tap)
         return F.relu(self.conv(torch.cat(parts, dim=1)))
 
@@ -190,8 +190,8 @@ class Decoder(nn.Module):
         self.stage3 = _conv(c3, c4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(self.stage1(x), scale_factor=2.0, mode="nearest")
-        x = F.interpolate(self.stage2(x), scale_factor=2.0, mode="nearest")
+        x = upsample_nearest_2x(self.stage1(x))
+        x = upsample_nearest_2x(self.stage2(x))
         return self.stage3(x)
 
 
@@ -262,7 +262,7 @@ class Colorizer(nn.Module):
             return decode_logits(
                 out, self.class_weights, self.bin_centers, self.prior_correction, self.temperature
             )
-        return F.interpolate(torch.tanh(out), scale_factor=2.0, mode="nearest")
+        return upsample_nearest_2x(torch.tanh(out))
 
     def forward(self, l_224: torch.Tensor, gray_299: torch.Tensor) -> torch.Tensor:
         return self.decode(self.head_output(l_224, gray_299))
@@ -280,11 +280,31 @@ class Colorizer(nn.Module):
 def backbone_input(gray: torch.Tensor, embed_size: int) -> torch.Tensor:
     """Gray (B, 1, G, G) in [-1, 1] -> backbone input (B, 3, s, s) in [-1, 1].
 
-    s = ``embed_size`` (bilinear, antialiased) or G when it is 0.
+    s = ``embed_size`` (bilinear, antialiased, computed in float32: torch has no bfloat16 CPU
+    kernel for the antialiased resize) or G when it is 0. Training only: an exported network
+    takes its gray input at the backbone's size (``training.inference``).
     """
     if embed_size > 0 and gray.shape[-1] != embed_size:
-        gray = F.interpolate(gray, size=(embed_size, embed_size), mode="bilinear", antialias=True)
+        resized = F.interpolate(
+            gray.float(), size=(embed_size, embed_size), mode="bilinear", antialias=True
+        )
+        gray = resized.to(gray.dtype)
     return gray.expand(-1, 3, -1, -1)
+
+
+# Resizes inside the network call aten's upsampling ops directly: a scripted
+# ``F.interpolate`` serializes its whole body into the TorchScript file, every mode's
+# branch included, and a torch without one of those ops (torch 2.11 has no
+# ``_upsample_lanczos2d_aa``) then refuses to load the file.
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 2H, 2W), nearest neighbour; same dtype."""
+    return torch.ops.aten.upsample_nearest2d(x, [x.shape[-2] * 2, x.shape[-1] * 2])
+
+
+def resize_bilinear(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, height, width), bilinear, align_corners False, no antialiasing;
+    ``F.interpolate(x, size, mode="bilinear")``'s result. Same dtype."""
+    return torch.ops.aten.upsample_bilinear2d(x, [height, width], False)
 
 
 def decode_logits(
@@ -301,7 +321,7 @@ def decode_logits(
     """
     adjusted = adjust_for_prior(logits, class_weights, prior_correction)
     ab = annealed_mean(adjusted, bin_centers, temperature).to(logits.dtype)
-    return F.interpolate(ab, scale_factor=2.0, mode="nearest")
+    return upsample_nearest_2x(ab)
 
 
 def _set_decoding(module, temperature: float, prior_correction: float):

@@ -46,19 +46,24 @@ class ModelSpec:
 
 
 def save_scripted(
-    module: torch.jit.ScriptModule, spec: ModelSpec, path: str | Path, half: bool = False
+    module: torch.jit.ScriptModule,
+    spec: ModelSpec,
+    path: str | Path,
+    half: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> None:
     """Write a TorchScript module with its spec embedded as an extra file.
 
     ``half``: store its floating-point weights and buffers as float16 (half the file;
     ``load_scripted`` returns them as float32). ``module`` itself is left as it is.
+    ``extra``: more extra files (name -> text) to embed.
     """
     if half:  # on a copy (a save/load round trip), so the caller's module keeps its dtype
         buffer = io.BytesIO()
         torch.jit.save(module, buffer)
         buffer.seek(0)
         module = torch.jit.load(buffer).half()
-    torch.jit.save(module, str(path), _extra_files={SPEC_FILE: spec.to_json()})
+    torch.jit.save(module, str(path), _extra_files={**(extra or {}), SPEC_FILE: spec.to_json()})
 
 
 def stored_half(module: torch.nn.Module) -> bool:

@@ -1,13 +1,16 @@
 """The shipped default model: present, small, loadable, and its model card's numbers reproduce."""
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from serving.runtime.model_spec import load_scripted, stored_half
 from serving.runtime.pipeline import ColorizePipeline
+from tests.support.photos import open_image, photo_paths
 from training.decoding import read_choice
 from training.evaluate import evaluate
 
@@ -23,18 +26,20 @@ def test_default_weights_are_shipped_small_and_loadable():
     assert weights.is_file(), "model_store/default/colorizer.pt is missing (make default-model)"
     assert weights.stat().st_size <= MAX_BYTES
     module, spec = load_scripted(weights)
-    assert spec.l_size == 224 and spec.gray_size == 299
+    assert spec.l_size == 224 and spec.gray_size == 224  # Lite0's own input size
     assert (DEFAULT / "MODEL_CARD.md").is_file()
 
 
 def test_default_is_two_fine_tuned_networks_stored_as_float16():
     """The card's model: an ensemble of two networks, each with its own backbone, whose
-    weights the file stores as float16 (that is what keeps it under MAX_BYTES)."""
+    weights the file stores as float16 (that is what keeps it under MAX_BYTES), in the
+    inference layout (one pooled head)."""
     stored = torch.jit.load(str(DEFAULT / "colorizer.pt"))
     assert stored_half(stored)
     module, _ = load_scripted(DEFAULT / "colorizer.pt")
     assert not stored_half(module)
-    assert not module.shared_backbone and len(list(module.branches.children())) == 2
+    assert not module.shared_backbone and len(list(module.trunks.children())) == 2
+    assert module.head.in_channels == 2 * 8  # both members' decoder features
 
 
 def test_default_decodes_as_its_tuning_report_chose():
@@ -57,3 +62,23 @@ def test_evaluate_reproduces_the_model_card_numbers(tmp_path):
     assert got["images"] == card["images"]
     for key, tolerance in TOLERANCE.items():
         assert got[key] == pytest.approx(card[key], abs=tolerance), key
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_default_colorizes_in_every_precision(precision, caplog):
+    """Each precision loads, warms up and colorizes the shipped default on this CPU (bf16
+    runs on any x86 CPU), and bf16 gives fp32's colors within a few Lab units."""
+    image = open_image(photo_paths()[0].read_bytes()).convert("RGB")
+    photo = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    reference = ColorizePipeline.load(DEFAULT / "colorizer.pt", device="cpu", precision="fp32")
+    with caplog.at_level(logging.INFO):
+        pipeline = ColorizePipeline.load(
+            DEFAULT / "colorizer.pt", device="cpu", precision=precision
+        )
+    batch = pipeline.prepare([photo])
+    ab = pipeline.infer(batch)
+    assert ab.shape == (1, 2, 224, 224) and torch.isfinite(ab).all()
+    want = reference.infer(reference.prepare([photo]))
+    assert float((ab - want).abs().mean()) * 128 < 3.0
+    (rgb,) = pipeline.finish(batch, ab)
+    assert rgb.shape == photo.shape

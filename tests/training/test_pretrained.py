@@ -200,6 +200,6 @@ def test_exported_pretrained_model_serves_without_timm_or_the_weights_package(tm
         f"module, spec = load_scripted({str(out)!r})\n"
         "ab = module(torch.zeros(1, 1, spec.l_size, spec.l_size),"
         " torch.zeros(1, 1, spec.gray_size, spec.gray_size))\n"
-        "assert ab.shape == (1, 2, 224, 224) and module.embed_size == 224\n"
+        "assert ab.shape == (1, 2, 224, 224) and spec.gray_size == 224\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
