@@ -40,6 +40,7 @@ from ts.utils.util import PredictionException
 
 import serving
 from serving.runtime.constants import (
+    CANNOT_START,
     CONTENT_TYPES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
@@ -55,6 +56,7 @@ from serving.runtime.imageio import (
     parse_quality,
 )
 from serving.runtime.pipeline import ColorizePipeline
+from serving.runtime.precision import PrecisionUnusable
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +179,25 @@ class ColorizerHandler:
         device = pick_device(props.get("gpu_id"))
         if settings.get("threads"):  # else torch's default: OMP_NUM_THREADS or all cores
             torch.set_num_threads(int(settings["threads"]))
-        self.pipeline = ColorizePipeline.load(model_file, device, settings.get("precision", "auto"))
+        try:
+            self.pipeline = ColorizePipeline.load(
+                model_file, device, settings.get("precision", "auto")
+            )
+        except PrecisionUnusable as exc:
+            log.error("%s %s", CANNOT_START, exc)  # `colorizer serve` stops on this line
+            raise
         self.max_pixels = int(settings.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.warm_up(int(props.get("batch_size") or 1))
         log.info(
             "colorizer handler ready: device=%s dtype=%s threads=%d batch_size=%s max_pixels=%d "
-            "serving=%s",
+            "serving=%s; %s",
             device,
             str(self.pipeline.dtype).removeprefix("torch."),
             torch.get_num_threads(),
             props.get("batch_size"),
             self.max_pixels,
             Path(serving.__file__).parent,
+            self.pipeline.precision_reason,
         )
         self.initialized = True
 

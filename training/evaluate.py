@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from serving.runtime.colorspace import lab_to_rgb, rgb_to_lab
+from serving.runtime.constants import PRECISIONS
 from serving.runtime.imageio import decode_image, to_uint8_hwc
 from serving.runtime.pipeline import ColorizePipeline
 from training.data import find_images
@@ -158,9 +159,10 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on CUDA or an AMX CPU (as the service), else fp32",
+        help="auto: evaluate measures it at load as the service does (the fastest precision "
+        "that gives fp32's colors); tune-decoding takes bf16 on CUDA or an AMX CPU, else fp32",
     )
 
 

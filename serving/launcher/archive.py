@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.runtime.constants import MODEL_NAME
+from serving.runtime.constants import MODEL_NAME, PRECISIONS
 from serving.runtime.model_spec import SPEC_FILE
 
 LAUNCHER_DIR = Path(__file__).resolve().parent
@@ -71,11 +71,18 @@ def model_config(profile: str) -> dict:
     return profiles[profile]
 
 
-def build_archive(model: str | Path, out_dir: str | Path, profile: str = "cpu") -> Path:
-    """Write ``out_dir/colorizer.mar`` with torch-model-archiver; return its path."""
+def build_archive(
+    model: str | Path, out_dir: str | Path, profile: str = "cpu", precision: str | None = None
+) -> Path:
+    """Write ``out_dir/colorizer.mar`` with torch-model-archiver; return its path.
+
+    ``precision``: the handler's precision instead of the profile's (auto, fp32, bf16).
+    """
     model, out_dir = Path(model), Path(out_dir)
     check_model_file(model)
     config = model_config(profile)
+    if precision is not None:
+        config["handler"] = {**config.get("handler", {}), "precision": precision}
     handler = handler_path()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="colorizer-archive-") as tmp:
@@ -123,10 +130,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="cpu",
         help="worker and batching settings from serving/launcher/model-config.yaml (default: cpu)",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="the handler's precision instead of the profile's (auto: measured fastest at "
+        "load among those that give fp32's colors; a precision the model cannot run is "
+        "refused when the worker starts)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = build_archive(args.model, args.out, args.profile)
+    path = build_archive(args.model, args.out, args.profile, args.precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, profile {args.profile})")
     return 0

@@ -26,6 +26,7 @@ import psutil
 import requests
 
 from serving.runtime.constants import (
+    CANNOT_START,
     GRPC_MANAGEMENT_PORT,
     GRPC_PORT,
     HTTP_PORT,
@@ -153,6 +154,17 @@ def _log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def worker_cannot_start(log_dir: Path) -> str | None:
+    """The first line a worker logged with ``CANNOT_START`` under ``log_dir``, from the
+    marker on; None when there is none (or no log yet)."""
+    for path in sorted(log_dir.glob("*.log")):
+        with open(path, errors="replace") as f:
+            for line in f:
+                if CANNOT_START in line:
+                    return line[line.index(CANNOT_START) :].strip()
+    return None
+
+
 def ready_workers(state: ServerState) -> int:
     """READY workers of the model if /ping is healthy and at least minWorkers are; else 0.
 
@@ -268,6 +280,10 @@ def start(
     state.save(state_dir)
     deadline = time.monotonic() + timeout
     while ready_workers(state) == 0:
+        fatal = worker_cannot_start(state_dir / "logs")
+        if fatal is not None:  # a worker would fail the same way on every restart
+            stop(state_dir)
+            raise ServeError(f"{fatal}\n(worker logs: {state_dir / 'logs'})")
         if proc.poll() is not None or time.monotonic() > deadline:
             why = "exited" if proc.poll() is not None else f"was not ready after {timeout:.0f} s"
             stop(state_dir)

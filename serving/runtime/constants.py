@@ -2,6 +2,13 @@
 
 MODEL_NAME = "colorizer"
 
+# Precisions a network can run in ("auto": measured at load, serving.runtime.precision).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# A worker that cannot start (e.g. a precision the model cannot run) logs one line with this
+# prefix; `colorizer serve` stops waiting when it sees it and shows the line.
+CANNOT_START = "colorizer cannot start:"
+
 # Ports (TorchServe defaults).
 HTTP_PORT = 8080
 MANAGEMENT_PORT = 8081

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from serving.runtime.constants import PRECISIONS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # PRECISIONS but auto
 
 
 def cpu_has_amx() -> bool:
@@ -36,7 +38,11 @@ def pick_device(requested: str | torch.device | None = None, index: int = 0) -> 
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """'auto' -> bf16 on CUDA with bf16 support or on a CPU with AMX, else fp32."""
+    """'auto' -> bf16 on CUDA with bf16 support or on a CPU with AMX, else fp32.
+
+    The rule training uses for its autocast. A loaded network for inference measures its
+    precision instead (``serving.runtime.precision``, through ``ColorizePipeline.load``).
+    """
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":

@@ -44,9 +44,10 @@ from serving.runtime.colorspace import (
     srgb8_to_linear_table,
     srgb_to_linear,
 )
-from serving.runtime.device import pick_device, pick_dtype
+from serving.runtime.device import pick_device
 from serving.runtime.imageio import DecodedImage
 from serving.runtime.model_spec import ModelSpec, load_scripted
+from serving.runtime.precision import AutoConfig, name_of, resolve
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +182,18 @@ class Prepared:
     gray_in: torch.Tensor
 
 
-def should_freeze(module: torch.nn.Module, device: torch.device) -> bool:
-    """Freeze by default on a GPU, and only a scripted network: `colorizer tune-decoding`
-    runs the eager one from a checkpoint, which ``torch.jit.freeze`` refuses."""
-    return device.type == "cuda" and isinstance(module, torch.jit.ScriptModule)
+def should_freeze(module: torch.nn.Module) -> bool:
+    """Freeze by default, and only a scripted network: `colorizer tune-decoding` runs the
+    eager one from a checkpoint, which ``torch.jit.freeze`` refuses."""
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def probe_photo(side: int = 256) -> torch.Tensor:
+    """A fixed synthetic photo for probe runs: RGB (3, side, side) float32 in [0, 1], a
+    smooth gray gradient with some texture."""
+    ramp = torch.linspace(0.0, 1.0, side)
+    gray = 0.5 * ramp[None, :] + 0.3 * ramp[:, None] + 0.1 * torch.sin(ramp[None, :] * 40.0)
+    return gray.clamp(0.0, 1.0).expand(3, side, side).contiguous()
 
 
 class ColorizePipeline:
@@ -203,14 +212,16 @@ class ColorizePipeline:
         self.spec = spec
         self.device = device
         self.dtype = dtype
+        self.precision_reason = f"{dtype} given"  # ``load`` says how it was chosen
         module = module.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        # Frozen for inference (weights as constants, conv+BN folded) on a GPU: on an H200
-        # the paper's network went from 2,905 to 4,034 img/s at batch 64 and 1,149 to 2,324
-        # at 16 (tests/gpu/RESULTS.md). The CPU keeps the module as exported (not measured).
-        self.frozen = should_freeze(module, device) if freeze is None else freeze
-        if self.frozen:
-            module = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+        # Frozen for inference (weights as constants, conv+BN folded): on an H200 the paper's
+        # network went from 2,905 to 4,034 img/s at batch 64 and 1,149 to 2,324 at 16
+        # (tests/gpu/RESULTS.md); on one AMD EPYC thread the shipped default from 63-64 to
+        # 50 ms per photo in fp32 (model card, "Cost").
         self.module = module.eval()
+        self.frozen = False
+        if should_freeze(module) if freeze is None else freeze:
+            self.freeze()
         default_strip = CUDA_STRIP_PIXELS if device.type == "cuda" else CPU_STRIP_PIXELS
         self.strip_pixels = strip_pixels or default_strip
         # Per-pixel work on decoded photos: for the whole batch at once (a few large kernels
@@ -219,22 +230,46 @@ class ColorizePipeline:
         self.batched_pixels = device.type == "cuda" if batched_pixels is None else batched_pixels
         self.tables = _Tables(device)
 
+    def freeze(self) -> None:
+        """Freeze the scripted network for inference (weights as constants, conv+BN folded)."""
+        self.module = torch.jit.optimize_for_inference(torch.jit.freeze(self.module))
+        self.frozen = True
+
     @classmethod
     def load(
         cls,
         path: str | Path,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        auto_config: AutoConfig = AutoConfig(),
         **options,
     ) -> ColorizePipeline:
-        """Load an exported ``.pt``; device None -> CUDA if available, else CPU. ``options``:
-        the constructor's ``strip_pixels``, ``batched_pixels`` and ``freeze``."""
+        """Load an exported ``.pt``; device None -> CUDA if available, else CPU. ``precision``:
+        'auto' (measured, ``serving.runtime.precision``), 'fp32' or 'bf16'; raises
+        ``PrecisionUnusable`` when the one named cannot run the model. ``options``: the
+        constructor's ``strip_pixels``, ``batched_pixels`` and ``freeze``."""
         device = pick_device(device)
-        dtype = pick_dtype(device, precision)
-        module, spec = load_scripted(path, device)
-        pipeline = cls(module, spec, device, dtype, **options)
-        log.info("colorizer loaded on %s in %s%s", device, str(dtype).removeprefix("torch."),
-                 ", frozen" if pipeline.frozen else "")  # fmt: skip
+        built: dict[torch.dtype, ColorizePipeline] = {}
+
+        freeze = options.pop("freeze", None)
+
+        def probe(dtype: torch.dtype):
+            module, spec = load_scripted(path, device)
+            pipeline = cls(module, spec, device, dtype, freeze=False, **options)
+            batch = pipeline.prepare([probe_photo()])
+            pipeline.infer(batch)  # before freezing: a frozen network that cannot run a
+            # precision may crash the process (an old file's bf16 resize) instead of raising
+            if should_freeze(module) if freeze is None else freeze:
+                pipeline.freeze()
+            built[dtype] = pipeline
+            return lambda: pipeline.infer(batch)
+
+        choice = resolve(precision, device, probe, auto_config)
+        pipeline = built[choice.dtype]
+        built.clear()
+        pipeline.precision_reason = choice.reason
+        log.info("colorizer loaded on %s in %s%s; %s", device, name_of(choice.dtype),
+                 ", frozen" if pipeline.frozen else "", choice.reason)  # fmt: skip
         return pipeline
 
     def lightness_and_gray(self, image: DecodedImage) -> tuple[torch.Tensor, torch.Tensor]:

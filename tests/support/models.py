@@ -49,3 +49,25 @@ def quick_train_config(data: Path, out: Path, **overrides) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**base, **overrides})
+
+
+class _ResizesInside(torch.nn.Module):
+    """A network of the exported interface that resizes its gray input inside, as files
+    exported before the inference layout did: torch has no bfloat16 CPU kernel for the
+    antialiased resize, so it runs in fp32 only. forward(l (B,1,224,224), gray (B,1,299,299))
+    -> a*b* (B, 2, 224, 224) in [-1, 1]."""
+
+    def forward(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        small = torch.nn.functional.interpolate(
+            gray, size=(224, 224), mode="bilinear", antialias=True
+        )
+        return torch.tanh(torch.cat((l_in, small), dim=1) * 0.1)
+
+
+def export_fp32_only_model(path: Path) -> Path:
+    """A valid exported file whose network cannot run in bfloat16 (``_ResizesInside``)."""
+    from serving.runtime.model_spec import ModelSpec, save_scripted
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_scripted(torch.jit.script(_ResizesInside()), ModelSpec(), path)
+    return path

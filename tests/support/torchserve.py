@@ -17,6 +17,25 @@ from tests.support.models import export_test_model
 from tests.support.net import free_ports
 
 
+def serve_argv(store: Path, state_dir: Path) -> list[str]:
+    """`colorizer serve` arguments for ``store`` on free loopback ports."""
+    http, grpc_port, metrics, management, grpc_management = free_ports(5)
+    return [
+        "serve",
+        "--model-store", str(store),
+        "--http-port", str(http),
+        "--grpc-port", str(grpc_port),
+        "--metrics-port", str(metrics),
+        "--management-port", str(management),
+        "--grpc-management-port", str(grpc_management),
+        "--state-dir", str(state_dir),
+    ]  # fmt: skip
+
+
+def _port(argv: list[str], flag: str) -> int:
+    return int(argv[argv.index(flag) + 1])
+
+
 @contextlib.contextmanager
 def served(root: Path, preset: str = "compact", profile: str = "cpu") -> Iterator[SimpleNamespace]:
     """A running server for a test model: URLs, ports, state folder, launcher process.
@@ -27,18 +46,11 @@ def served(root: Path, preset: str = "compact", profile: str = "cpu") -> Iterato
     model = export_test_model(root / "colorizer.pt", preset)
     store = root / "store"
     build_archive(model, store, profile=profile)
-    http, grpc_port, metrics, management, grpc_management = free_ports(5)
     state_dir = root / "state"
-    argv = [
-        "serve",
-        "--model-store", str(store),
-        "--http-port", str(http),
-        "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics),
-        "--management-port", str(management),
-        "--grpc-management-port", str(grpc_management),
-        "--state-dir", str(state_dir),
-    ]  # fmt: skip
+    argv = serve_argv(store, state_dir)
+    http, grpc_port = _port(argv, "--http-port"), _port(argv, "--grpc-port")
+    metrics, management = _port(argv, "--metrics-port"), _port(argv, "--management-port")
+    grpc_management = _port(argv, "--grpc-management-port")
     assert cli(argv) == 0
     launcher = psutil.Process(json.loads((state_dir / "server.json").read_text())["launcher_pid"])
     procs = [launcher, *launcher.children(recursive=True)]

@@ -82,3 +82,5 @@ def test_default_colorizes_in_every_precision(precision, caplog):
     assert float((ab - want).abs().mean()) * 128 < 3.0
     (rgb,) = pipeline.finish(batch, ab)
     assert rgb.shape == photo.shape
+    if precision == "auto":
+        assert any("auto chose" in r.getMessage() for r in caplog.records)

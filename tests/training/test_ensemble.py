@@ -64,6 +64,19 @@ def test_an_ensemble_of_one_network_twice_decodes_like_the_network():
         assert torch.allclose(ab, net(l_in, gray), atol=1e-5)
 
 
+def assert_same_pooled_logits(exported, ensemble, l_in, gray) -> None:
+    """An exported ensemble's logits equal the ensemble's pooled log-probabilities up to a
+    per-pixel constant (which the decoding's softmax removes), to float32 rounding of their
+    size. Compared before decoding: these random members' logits run into the thousands,
+    so their distributions are one-hot and a rounding difference can tip a near-tie to the
+    next bin (a*b* jumps a bin width) in the decoded colors."""
+    with torch.inference_mode():
+        mine, theirs = exported.head_output(l_in, gray), ensemble.head_output(l_in, gray)
+    diff = mine - theirs
+    rounding = 1e-6 * max(1.0, float(theirs.abs().max()))
+    assert float((diff - diff.mean(dim=1, keepdim=True)).abs().max()) < rounding
+
+
 def fine_tuned(count: int = 2) -> list[Colorizer]:
     """Members whose backbones differ, as seeds of a fine-tuning recipe give (fused, like
     the default's recipe)."""
@@ -84,12 +97,9 @@ def test_members_with_their_own_backbones_each_run_theirs():
         expected = torch.stack([n.head_output(l_in, gray).log_softmax(1) for n in nets]).mean(0)
         pooled = ensemble.head_output(l_in, gray)
         shared = ColorizerEnsemble([nets[0], *members(3)[1:]]).head_output(l_in, gray)
-        scripted = script_model(ensemble)(l_in, gray)
-        eager = ensemble(l_in, gray)
     assert torch.allclose(pooled, expected, atol=1e-5)
     assert not torch.allclose(pooled, shared, atol=1e-3)  # the backbones' differences count
-    # The exported layout pools the heads' logits in one conv: float rounding differs.
-    assert torch.allclose(scripted, eager, atol=PARITY_TOLERANCE)
+    assert_same_pooled_logits(script_model(ensemble), ensemble, l_in, gray)
     # Every member's whole network is stored.
     assert count_parameters(ensemble) == sum(count_parameters(n) for n in nets)
 
@@ -132,7 +142,7 @@ def test_tune_export_and_serve_an_ensemble_from_checkpoints(tmp_path):
     l_in, gray = random_inputs(spec, 1, seed=5)
     with torch.inference_mode():
         ensemble.with_decoding(module.temperature, module.prior_correction)
-        assert torch.allclose(module(l_in, gray), ensemble(l_in, gray), atol=PARITY_TOLERANCE)
+    assert_same_pooled_logits(module, ensemble, l_in, gray)
     pipeline = ColorizePipeline(module, spec, torch.device("cpu"), torch.float32)
     summary = evaluate(pipeline, PHOTOS, tmp_path / "report", progress=False)
     assert summary["psnr"] == pytest.approx(report["choice"]["psnr"], abs=1e-3)

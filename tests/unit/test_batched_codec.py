@@ -15,6 +15,7 @@ from PIL import Image
 from serving.runtime import nvjpeg
 from serving.runtime.errors import ColorizerError, CorruptImage, ImageTooLarge
 from serving.runtime.imageio import DecodedImage, decode_image, decode_images, encode_images
+from serving.runtime.model_spec import ModelSpec
 from serving.runtime.pipeline import ColorizePipeline, pixel_groups, should_freeze
 from tests.support.photos import encode, photo_paths, synthetic_photo
 
@@ -168,24 +169,24 @@ def test_batched_pixels_match_the_row_strips(tiny_model, strip_pixels):
         assert int((x.int() - y.int()).abs().max()) <= 1
 
 
-def test_only_a_scripted_network_on_a_gpu_is_frozen_by_default(tiny_model):
-    """`colorizer tune-decoding --device cuda` hands the pipeline the eager network of a
-    checkpoint; torch.jit.freeze refuses that ("Freezing expects a ScriptModule"), which
-    stopped every tuning run of the H100 sweep (2026-11-27)."""
+def test_only_a_scripted_network_is_frozen_by_default(tiny_model):
+    """`colorizer tune-decoding` hands the pipeline the eager network of a checkpoint;
+    torch.jit.freeze refuses that ("Freezing expects a ScriptModule"), which stopped every
+    tuning run of the H100 sweep (2026-11-27)."""
     scripted = torch.jit.load(str(tiny_model))
     eager = torch.nn.Conv2d(1, 2, 1)
-    cuda = torch.device("cuda")
-    assert should_freeze(scripted, cuda)
-    assert not should_freeze(eager, cuda)
-    assert not should_freeze(scripted, CPU)
+    assert should_freeze(scripted)
+    assert not should_freeze(eager)
+    assert ColorizePipeline(scripted, ModelSpec(), CPU).frozen
+    assert not ColorizePipeline(eager, ModelSpec(), CPU).frozen
 
 
 def test_a_frozen_network_gives_the_exported_ones_colors(tiny_model):
-    """The GPU freezes the network for inference (``freeze``); the same code on the CPU
-    must give the module's own output, to float rounding."""
+    """The pipeline freezes a scripted network for inference (``freeze``): it must give
+    the module's own output, to float rounding."""
     images = [decode_image(p.read_bytes()) for p in photo_paths()[:2]]
-    exported = ColorizePipeline.load(tiny_model, CPU, "fp32")
-    frozen = ColorizePipeline.load(tiny_model, CPU, "fp32", freeze=True)
+    exported = ColorizePipeline.load(tiny_model, CPU, "fp32", freeze=False)
+    frozen = ColorizePipeline.load(tiny_model, CPU, "fp32")
     assert frozen.frozen and not exported.frozen
     batch = exported.prepare(images)
     assert torch.allclose(exported.infer(batch), frozen.infer(batch), atol=1e-4)

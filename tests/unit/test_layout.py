@@ -19,6 +19,7 @@ RUNTIME = [
     "serving.runtime.model_spec",
     "serving.runtime.nvjpeg",
     "serving.runtime.pipeline",
+    "serving.runtime.precision",
 ]
 NOT_IN_RUNTIME = (
     "training",

@@ -22,6 +22,7 @@ RUNTIME_MODULES = {
     "model_spec",
     "nvjpeg",
     "pipeline",
+    "precision",
 }
 
 
