@@ -19,6 +19,12 @@
    pipelines) would reach on dedicated cores. A profile that leaves a worker idle shows
    in it; the load other users put on a shared machine mostly does not.
 
+With ``--baseline-model`` every size also runs another exported file (e.g. an earlier
+default, in its earlier configuration: ``--baseline-precision fp32 --baseline-freeze no``),
+each size's two runs back to back, and prints baseline / new per stage. Each row also
+gives the network's achieved GFLOP/s (FLOPs counted once per file with
+``torch.utils.flop_counter``).
+
 Timings on a shared machine are noisy: read the ratios, which come from one run.
 Run it with the threads the server uses, e.g. ``OMP_NUM_THREADS=1 colorizer pipeline-bench``.
 """
@@ -35,6 +41,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from serving.runtime.constants import PRECISIONS
 
 DEFAULT_MODEL = Path("model_store/default/colorizer.pt")
 DEFAULT_SIZES = (0.25, 1.0, 12.0, 40.0)
@@ -169,6 +177,24 @@ def _run_once(pipeline, data: bytes, path: str, sync) -> dict[str, float]:
     return times
 
 
+def network_flops(model: Path, device) -> float:
+    """FLOPs of one forward of the exported network at batch 1 (fp32, not frozen)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from serving.runtime.model_spec import load_scripted
+
+    module, spec = load_scripted(model, device)
+    l_in = torch.zeros(1, 1, spec.l_size, spec.l_size, device=device)
+    gray = torch.zeros(1, 1, spec.gray_size, spec.gray_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(l_in, gray)
+    return float(counter.get_total_flops())
+
+
+FREEZE = {"auto": None, "yes": True, "no": False}
+
+
 def measure_size(args: argparse.Namespace) -> dict:
     """Child process: one photo size along one path; -> medians, peak memory."""
     import torch
@@ -176,7 +202,9 @@ def measure_size(args: argparse.Namespace) -> dict:
     from serving.runtime.pipeline import ColorizePipeline
 
     torch.set_num_threads(args.threads)
-    pipeline = ColorizePipeline.load(args.model, args.device, args.precision)
+    pipeline = ColorizePipeline.load(
+        args.model, args.device, args.precision, freeze=FREEZE[args.freeze]
+    )
     cuda = pipeline.device.type == "cuda"
 
     def sync() -> None:
@@ -197,18 +225,26 @@ def measure_size(args: argparse.Namespace) -> dict:
         runs.append(_run_once(pipeline, data, args.path, sync))
     result = {
         "path": args.path,
+        "model": str(args.model),
         "device": str(pipeline.device),
         "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "frozen": pipeline.frozen,
         "threads": torch.get_num_threads(),
         "ms": {k: 1e3 * statistics.median(r[k] for r in runs) for k in (*STAGES, "whole")},
         "peak_rss_growth_bytes": peak - base if reset else None,
+        "network_gflop": network_flops(args.model, pipeline.device) / 1e9,
     }
     if cuda:
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(pipeline.device)
     return result
 
 
-def _child(args: argparse.Namespace, photo: Path, path: str) -> dict:
+def _child(args: argparse.Namespace, photo: Path, path: str, baseline: bool = False) -> dict:
+    model, precision, freeze = (
+        (args.baseline_model, args.baseline_precision, args.baseline_freeze)
+        if baseline
+        else (args.model, args.precision, args.freeze)
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -219,11 +255,13 @@ def _child(args: argparse.Namespace, photo: Path, path: str) -> dict:
         "--path",
         path,
         "--model",
-        str(args.model),
+        str(model),
         "--device",
         args.device,
         "--precision",
-        args.precision,
+        precision,
+        "--freeze",
+        freeze,
         "--threads",
         str(args.threads),
         "--repeats",
@@ -232,7 +270,10 @@ def _child(args: argparse.Namespace, photo: Path, path: str) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if baseline:
+        result["path"] = "baseline"
+    return result
 
 
 # --- Throughput: in-process pipelines and a served model ---------------------------------
@@ -344,16 +385,31 @@ def report(results: dict) -> str:
         "in-process pipeline, gray JPEG in, JPEG out (median ms; peak = RSS growth, 1st run)",
         f"{'photo':>16} {'path':>9} "
         + " ".join(f"{s:>8}" for s in (*STAGES, "whole"))
-        + f" {'peak':>10} {'rest/net':>8}",
+        + f" {'peak':>10} {'rest/net':>8} {'GFLOP/s':>8}",
     ]
+    models = {run["path"]: run for size in results["sizes"] for run in size["runs"]}
+    for path, run in models.items():
+        rows.insert(
+            1,
+            f"{path:>9}: {run['model']} in {run['dtype']}"
+            f"{', frozen' if run.get('frozen') else ''}, {run['network_gflop']:.2f} GFLOP "
+            "per network forward",
+        )
     for size in results["sizes"]:
         for run in size["runs"]:
             ms = run["ms"]
             rest = (ms["whole"] - ms["network"]) / ms["network"]
+            gflops = run["network_gflop"] / (ms["network"] / 1e3)
             rows.append(
                 f"{size['label']:>16} {run['path']:>9} "
                 + " ".join(f"{ms[s]:8.0f}" for s in (*STAGES, "whole"))
-                + f" {_fmt_bytes(run['peak_rss_growth_bytes']):>10} {rest:8.1f}"
+                + f" {_fmt_bytes(run['peak_rss_growth_bytes']):>10} {rest:8.1f} {gflops:8.1f}"
+            )
+        if "baseline_over_new" in size:
+            ratio = size["baseline_over_new"]
+            rows.append(
+                f"{'':>16} {'base/new':>9} "
+                + " ".join(f"{ratio[s]:8.2f}" for s in (*STAGES, "whole"))
             )
         if "reference_over_new" in size:
             ratio = size["reference_over_new"]
@@ -416,9 +472,16 @@ def run(args: argparse.Namespace) -> int:
             size = {"megapixels": width * height / 1e6, "width": width, "height": height}
             size["label"] = f"{width}x{height}"
             size["runs"] = [_child(args, photo, "new")]
+            if args.baseline_model is not None:
+                base = _child(args, photo, "new", baseline=True)
+                size["runs"].append(base)
+                new = size["runs"][0]
+                size["baseline_over_new"] = {
+                    k: base["ms"][k] / new["ms"][k] for k in (*STAGES, "whole")
+                }
             if mp <= args.reference_max_mp:
                 size["runs"].append(_child(args, photo, "reference"))
-                new, ref = size["runs"][0], size["runs"][1]
+                new, ref = size["runs"][0], size["runs"][-1]
                 ratio = {k: ref["ms"][k] / new["ms"][k] for k in (*STAGES, "whole")}
                 peaks = new["peak_rss_growth_bytes"], ref["peak_rss_growth_bytes"]
                 ratio["peak"] = peaks[1] / peaks[0] if all(peaks) else float("nan")
@@ -482,7 +545,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"({DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument(
+        "--freeze", default="auto", choices=FREEZE, help="freeze the network (auto: scripted ones)"
+    )
+    p.add_argument(
+        "--baseline-model",
+        type=Path,
+        help="also run this exported file at each size and print baseline / new",
+    )
+    p.add_argument("--baseline-precision", default="fp32", choices=PRECISIONS, help="(fp32)")
+    p.add_argument(
+        "--baseline-freeze",
+        default="no",
+        choices=FREEZE,
+        help="(no: how the CPU ran every network before frozen CPU inference)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per pipeline (1)")
     p.add_argument(
         "--sizes", type=_floats, default=list(DEFAULT_SIZES), help="megapixels (0.25,1,12,40)"
