@@ -15,7 +15,7 @@ from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
 from training.checkpoint import models_from_checkpoints, save_checkpoint
 from training.evaluate import evaluate
-from training.export import PARITY_TOLERANCE, random_inputs, round_to_half, script_model
+from training.export import random_inputs, round_to_half, script_model
 from training.model import Colorizer, ColorizerEnsemble, count_parameters
 
 PHOTOS = "tests/data/photos"
