@@ -161,12 +161,12 @@ class InferenceColorizer(nn.Module):
         bias = (head_bias - self.prior_correction * log_weights.to(head_bias.dtype)) * scale
         logits = F.conv2d(features, weight, bias, padding=self.head.padding)  # (B, Q, H, W)
         centers = self.bin_centers.float()  # (Q, 2)
-        if logits.is_contiguous():  # NCHW (an fp32 frozen CPU conv gives that): bins strided
-            probs = torch.softmax(logits.float(), dim=1)
-            ab = torch.einsum("bqhw,qc->bchw", probs, centers)
-        else:  # channels-last: the bins are each pixel's last, contiguous dimension
+        if logits.stride(1) == 1:  # channels-last: each pixel's bins lie side by side
             probs = torch.softmax(logits.permute(0, 2, 3, 1).float(), dim=-1)  # (B, H, W, Q)
             ab = torch.matmul(probs, centers).permute(0, 3, 1, 2)
+        else:  # NCHW (an fp32 frozen CPU conv gives that): the bins are strided
+            probs = torch.softmax(logits.float(), dim=1)
+            ab = torch.einsum("bqhw,qc->bchw", probs, centers)
         return upsample_nearest_2x(ab.to(logits.dtype))
 
 

@@ -3,6 +3,7 @@ real Prometheus), the HPA scales on it, and CAPACITY.md states each overlay's ta
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -199,3 +200,14 @@ def test_capacity_doc_states_each_overlay_target(rendered):
         target, low, high = pods["target"]["averageValue"], hpa["minReplicas"], hpa["maxReplicas"]
         row = f"| {overlay} | {target} | {low} | {high} |"
         assert row in doc, f"k8s/CAPACITY.md lacks the row: {row}"
+
+
+def test_the_cpu_target_is_seventy_percent_of_the_measured_throughput(rendered):
+    """The cpu HPA target follows from T(cpu), the bold figure of CAPACITY.md's throughput
+    row: 0.7 x T, rounded down to a multiple of 0.5 (section 3)."""
+    doc = (K8S / "CAPACITY.md").read_text()
+    (row,) = [line for line in doc.splitlines() if line.startswith("| cpu | 2 cores")]
+    throughput = float(re.search(r"\*\*([\d.]+)\*\*", row).group(1))
+    hpa = one(rendered["cpu"], "HorizontalPodAutoscaler")["spec"]
+    (pods,) = [m["pods"] for m in hpa["metrics"] if m["type"] == "Pods"]
+    assert float(pods["target"]["averageValue"]) == math.floor(0.7 * throughput * 2) / 2
