@@ -26,11 +26,19 @@ Here, as a dry run of the same code on the CPU (small sizes, few repeats):
 6. The CUDA tests (tests/gpu and the CUDA case of tests/unit/test_pixels_equivalence.py), as
    JUnit XML.
 7. ``colorizer pipeline-bench`` per size (0.25, 1, 12 MP): per-stage ms and peak GPU memory.
+8. ``served``: TorchServe serving the shipped archive (gpu profile) over REST and gRPC at
+   16, 64 and 256 in flight, each against the in-process pipeline at the same batch size
+   (3.). Needs Java and TorchServe, which the lent machine lacks: tests/gpu/stage_server.py
+   brings them in parts.
+
+The shipped file loads on the lent machine's torch 2.11 since its inference layout
+(issue #26); the JSON names it by its sha256.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import platform
@@ -51,7 +59,8 @@ from serving.runtime.pipeline import ColorizePipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "model_store" / "default" / "colorizer.pt"
-BATCHES = (1, 16, 64)
+BATCHES = (1, 16, 64, 256)
+SERVED_IN_FLIGHT = (16, 64, 256)
 SIDE = 512  # ~0.25 MP, the issue's photo size
 PROCESSES = (1, 2, 4)
 
@@ -95,9 +104,10 @@ STAND_INS = {
 def model_file(name: str, workdir: Path) -> tuple[Path | None, str]:
     """-> (TorchScript file, what it is); (None, why) when the shipped file does not load."""
     if name == "shipped":
+        digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
         try:
             torch.jit.load(str(SHIPPED), map_location="cpu")
-            return SHIPPED, "shipped default"
+            return SHIPPED, f"shipped default, sha256 {digest}"
         except Exception as exc:  # a TorchScript file from a newer torch
             return None, f"shipped file did not load ({type(exc).__name__}: {str(exc)[:160]})"
     from training.export import export
@@ -141,6 +151,25 @@ def network_alone(pipeline: ColorizePipeline, module, batch: int, repeats: int) 
         module(l_in, gray)
 
     return batch / timed(run, device, repeats, warmups=3)
+
+
+def network_graphed(pipeline: ColorizePipeline, batch: int, repeats: int) -> float:
+    """Images per second of the served module replayed as one CUDA graph (issue #26's
+    first direction: the fixed-size network without per-kernel launch gaps)."""
+    spec, device = pipeline.spec, pipeline.device
+    to = dict(device=device, dtype=pipeline.dtype, memory_format=torch.channels_last)
+    l_in = (torch.rand(batch, 1, spec.l_size, spec.l_size) * 2 - 1).to(**to)
+    gray = (torch.rand(batch, 1, spec.gray_size, spec.gray_size) * 2 - 1).to(**to)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(3):  # warm up (and let the profiling executor settle) off the graph
+            pipeline.module(l_in, gray)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        pipeline.module(l_in, gray)
+    return batch / timed(graph.replay, device, repeats, warmups=3)
 
 
 def max_difference(pipeline: ColorizePipeline, other) -> float:
@@ -295,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     section("shared_gpu", lambda: shared_gpu_rows(chosen, args, batches, quick))
     section("gpu_tests", lambda: run_pytest(args.out))
     section("pipeline_bench", lambda: run_pipeline_bench(args, chosen))
+    in_process = results["models"].get("shipped", {}).get("pipeline_512px", [])
+    section("served", lambda: served_rows(chosen, args, in_process))
     print_summary(results)
     return 0 if not results["errors"] else 1
 
@@ -318,8 +349,14 @@ def measure_model(model: Path, results: dict, args, batches, sink) -> None:
         for batch in batches:
             now = network_alone(served, served.module, batch, args.repeats)
             before = network_alone(served, exported.module, batch, args.repeats)
-            rows.append({"batch": batch, "loaded_img_s": round(now, 1),
-                         "exported_img_s": round(before, 1)})  # fmt: skip
+            row = {"batch": batch, "loaded_img_s": round(now, 1),
+                   "exported_img_s": round(before, 1)}  # fmt: skip
+            if device.type == "cuda":
+                try:
+                    row["cuda_graph_img_s"] = round(network_graphed(served, batch, args.repeats), 1)
+                except Exception as exc:  # not every scripted graph can be captured
+                    row["cuda_graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            rows.append(row)
         return {"rows": rows, "served_frozen": served.frozen,
                 "max_abs_diff": max_difference(served, exported.module)}  # fmt: skip
 
@@ -364,6 +401,44 @@ def measure_model(model: Path, results: dict, args, batches, sink) -> None:
         torch.cuda.empty_cache()
 
 
+def served_rows(model: Path, args, in_process: list[dict]) -> dict:
+    """A real TorchServe on this machine serving ``model`` (gpu profile; cpu for a dry run),
+    REST and gRPC at each in-flight count, against the in-process pipeline at that batch."""
+    import shutil
+
+    from serving.benchmark import served_throughput
+    from serving.cli import main as cli
+    from serving.launcher.archive import build_archive
+    from tests.support.torchserve import serve_argv
+
+    if shutil.which("java") is None:
+        raise RuntimeError("no java on PATH: stage TorchServe with tests/gpu/stage_server.py")
+    root = Path(tempfile.mkdtemp())
+    profile = "gpu" if args.device.startswith("cuda") else "cpu"
+    build_archive(model, root / "store", profile=profile)
+    argv = serve_argv(root / "store", root / "state")
+    url = f"http://127.0.0.1:{argv[argv.index('--http-port') + 1]}"
+    grpc_target = f"127.0.0.1:{argv[argv.index('--grpc-port') + 1]}"
+    if cli(argv) != 0:
+        raise RuntimeError(f"colorizer serve failed; logs under {root / 'state'}")
+    photo = gray_jpeg(SIDE, SIDE, seed=0)
+    alone = {r["batch"]: r["img_s"] for r in in_process if r["path"] == "served"}
+    rows = []
+    try:
+        for conc in (2, 4) if args.quick else SERVED_IN_FLIGHT:
+            for protocol, target in (("rest", url), ("grpc", grpc_target)):
+                requests = max(4 * conc, 64)
+                img_s, _ = served_throughput(protocol, target, photo, requests, conc, None)
+                base = alone.get(conc)
+                ratio = round(img_s / base, 3) if base else None
+                rows.append({"protocol": protocol, "in_flight": conc, "img_s": round(img_s, 1),
+                             "in_process_img_s": base, "over_in_process": ratio})  # fmt: skip
+                print(f"served {protocol} {conc} in flight: {img_s:.1f} img/s", flush=True)
+    finally:
+        cli(["stop", "--state-dir", str(root / "state")])
+    return {"profile": profile, "size": SIDE, "rows": rows}
+
+
 def routing(device: torch.device) -> dict:
     """Where each kind of photo is decoded and encoded on this device."""
     from serving.runtime.imageio import decode_images, encode_images
@@ -395,8 +470,9 @@ def print_summary(results: dict) -> None:
     for name, found in results["models"].items():
         print(f"== {name}: {found['model'][:150]} ({found.get('dtype', '?')})")
         for r in found.get("network", {}).get("rows", []):
+            graphed = r.get("cuda_graph_img_s", r.get("cuda_graph_error"))
             print(f"network batch {r['batch']:>3}: {r['loaded_img_s']:>8} img/s as served "
-                  f"({r['exported_img_s']} as exported)")  # fmt: skip
+                  f"({r['exported_img_s']} as exported, {graphed} as a CUDA graph)")  # fmt: skip
         print(f"{'batch':>5} {'fmt':>4} {'path':>9} {'img/s':>8} {'/network':>9}  stage ms")
         for r in found.get("pipeline_512px", []):
             print(f"{r['batch']:>5} {r['format']:>4} {r['path']:>9} {r['img_s']:>8} "
@@ -407,6 +483,11 @@ def print_summary(results: dict) -> None:
             print(f"{r['size']:>10} {r['path']:>9} {r['ms']:>8} ms  {r['stage_ms']}")
     for r in results.get("shared_gpu", []):
         print(f"{r['processes']} processes x batch {r['batch']}: {r['img_s']} img/s")
+    for r in results.get("served", {}).get("rows", []):
+        print(
+            f"served {r['protocol']:>4} {r['in_flight']:>3} in flight: {r['img_s']:>8} img/s, "
+            f"in-process at that batch {r['in_process_img_s']}, ratio {r['over_in_process']}"
+        )
     print("gpu tests:", results.get("gpu_tests"))
     print("pipeline-bench:", results.get("pipeline_bench"))
     print("errors in:", list(results["errors"]) or "none")

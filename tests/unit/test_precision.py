@@ -130,9 +130,10 @@ def test_the_handler_refuses_such_a_precision_with_one_log_line(fp32_only, caplo
     assert Harness(fp32_only, {"precision": "auto"}).handler.pipeline.dtype == torch.float32
 
 
-def test_the_handler_serves_the_shipped_default_in_bf16(tmp_path):
-    """The precision the old rule gave every AMX CPU (and that auto takes wherever bf16
-    measures faster): the real handler loads, warms up and colorizes the shipped default."""
+@pytest.mark.parametrize("setting", ["fp32", "bf16"])
+def test_the_handler_serves_the_shipped_default_in_each_precision(tmp_path, setting):
+    """bf16 is what the old rule gave every AMX CPU (and what auto takes wherever it measures
+    faster): the real handler loads, warms up and colorizes the shipped default in each."""
     import shutil
 
     from tests.support.handler import request
@@ -140,8 +141,8 @@ def test_the_handler_serves_the_shipped_default_in_bf16(tmp_path):
     from tests.support.photos import photo_paths
 
     shutil.copy(REPO / "model_store" / "default" / "colorizer.pt", tmp_path / "model.pt")
-    harness = Harness(tmp_path, {"precision": "bf16"})
-    assert harness.handler.pipeline.dtype == torch.bfloat16
+    harness = Harness(tmp_path, {"precision": setting})
+    assert harness.handler.pipeline.dtype == precision.DTYPES[setting]
     photo = photo_paths()[0].read_bytes()
     (response,) = harness.run(request(param("data", photo)))
     assert response.status == 200 and response.content_type == "image/jpeg"
