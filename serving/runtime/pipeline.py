@@ -216,8 +216,9 @@ class ColorizePipeline:
         module = module.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
         # Frozen for inference (weights as constants, conv+BN folded): on an H200 the paper's
         # network went from 2,905 to 4,034 img/s at batch 64 and 1,149 to 2,324 at 16
-        # (tests/gpu/RESULTS.md); on one AMD EPYC thread the shipped default from 63-64 to
-        # 50 ms per photo in fp32 (model card, "Cost").
+        # (tests/gpu/RESULTS.md); on one AMD EPYC thread the shipped default's network from
+        # 56-59 to 47-50 ms in fp32 (`colorizer pipeline-bench --precision fp32
+        # --baseline-model <the same file> --baseline-precision fp32 --baseline-freeze no`).
         self.module = module.eval()
         self.frozen = False
         if should_freeze(module) if freeze is None else freeze:
@@ -250,7 +251,6 @@ class ColorizePipeline:
         constructor's ``strip_pixels``, ``batched_pixels`` and ``freeze``."""
         device = pick_device(device)
         built: dict[torch.dtype, ColorizePipeline] = {}
-
         freeze = options.pop("freeze", None)
 
         def probe(dtype: torch.dtype):
