@@ -179,15 +179,16 @@ class ColorizerHandler:
         device = pick_device(props.get("gpu_id"))
         if settings.get("threads"):  # else torch's default: OMP_NUM_THREADS or all cores
             torch.set_num_threads(int(settings["threads"]))
+        batch_size = int(props.get("batch_size") or 1)
         try:
             self.pipeline = ColorizePipeline.load(
-                model_file, device, settings.get("precision", "auto")
+                model_file, device, settings.get("precision", "auto"), probe_batch=batch_size
             )
         except PrecisionUnusable as exc:
             log.error("%s %s", CANNOT_START, exc)  # `colorizer serve` stops on this line
             raise
         self.max_pixels = int(settings.get("max_pixels", DEFAULT_MAX_PIXELS))
-        self.warm_up(int(props.get("batch_size") or 1))
+        self.warm_up(batch_size)
         log.info(
             "colorizer handler ready: device=%s dtype=%s threads=%d batch_size=%s max_pixels=%d "
             "serving=%s; %s",

@@ -243,10 +243,12 @@ class ColorizePipeline:
         device: str | torch.device | None = None,
         precision: str = "auto",
         auto_config: AutoConfig = AutoConfig(),
+        probe_batch: int = 1,
         **options,
     ) -> ColorizePipeline:
         """Load an exported ``.pt``; device None -> CUDA if available, else CPU. ``precision``:
-        'auto' (measured, ``serving.runtime.precision``), 'fp32' or 'bf16'; raises
+        'auto' (measured, ``serving.runtime.precision``, on ``probe_batch`` copies of a probe
+        photo: the batch size the network will run at), 'fp32' or 'bf16'; raises
         ``PrecisionUnusable`` when the one named cannot run the model. ``options``: the
         constructor's ``strip_pixels``, ``batched_pixels`` and ``freeze``."""
         device = pick_device(device)
@@ -256,13 +258,20 @@ class ColorizePipeline:
         def probe(dtype: torch.dtype):
             module, spec = load_scripted(path, device)
             pipeline = cls(module, spec, device, dtype, freeze=False, **options)
-            batch = pipeline.prepare([probe_photo()])
+            batch = pipeline.prepare([probe_photo()] * probe_batch)
             pipeline.infer(batch)  # before freezing: a frozen network that cannot run a
             # precision may crash the process (an old file's bf16 resize) instead of raising
             if should_freeze(module) if freeze is None else freeze:
                 pipeline.freeze()
             built[dtype] = pipeline
-            return lambda: pipeline.infer(batch)
+
+            def run() -> torch.Tensor:
+                ab = pipeline.infer(batch)
+                if device.type == "cuda":  # the time of the work, not of queueing it
+                    torch.cuda.synchronize(device)
+                return ab
+
+            return run
 
         choice = resolve(precision, device, probe, auto_config)
         pipeline = built[choice.dtype]

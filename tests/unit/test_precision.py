@@ -146,3 +146,32 @@ def test_the_handler_serves_the_shipped_default_in_each_precision(tmp_path, sett
     photo = photo_paths()[0].read_bytes()
     (response,) = harness.run(request(param("data", photo)))
     assert response.status == 200 and response.content_type == "image/jpeg"
+
+
+def test_auto_probes_at_the_batch_size_the_network_will_run(tiny_model, monkeypatch):
+    """On a GPU bf16 may win only at the served batch (64), not at 1: the probe runs at the
+    batch the handler is configured for."""
+    seen = []
+    real = ColorizePipeline.infer
+
+    def infer(self, batch):
+        seen.append(batch.l_in.shape[0])
+        return real(self, batch)
+
+    monkeypatch.setattr(ColorizePipeline, "infer", infer)
+    ColorizePipeline.load(tiny_model, "cpu", "auto", probe_batch=3)
+    assert seen and set(seen) == {3}
+
+    asked = {}
+    load = ColorizePipeline.load.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.update(kwargs)
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ColorizePipeline, "load", classmethod(spy))
+    harness_dir = tiny_model.parent / "handler-probe"
+    harness_dir.mkdir(exist_ok=True)
+    (harness_dir / "model.pt").write_bytes(tiny_model.read_bytes())
+    Harness(harness_dir)  # TorchServe's batch size there: 4
+    assert asked["probe_batch"] == 4
