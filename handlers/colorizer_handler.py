@@ -1,4 +1,6 @@
-"""TorchServe handler: a thin adapter from TorchServe's request batch to ``serving/``.
+"""TorchServe handler: a thin adapter from TorchServe's request batch to
+``serving.runtime.service.colorize_requests`` (the request path) and back, with the
+TorchServe-only parts: reading requests, metrics, statuses and gRPC batch failures.
 
 One request is one photo:
 
@@ -25,9 +27,7 @@ TorchServe imports this file as a module and requires exactly one class in it.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -41,54 +41,27 @@ from ts.utils.util import PredictionException
 import serving
 from serving.runtime.constants import (
     CANNOT_START,
-    CONTENT_TYPES,
     DEFAULT_MAX_PIXELS,
-    DEFAULT_QUALITY,
     INPUT_FORMATS_HUMAN,
     MODEL_NAME,
 )
-from serving.runtime.errors import ColorizerError, EmptyInput, NotAnImage, error_response
-from serving.runtime.imageio import (
-    DecodedImage,
-    choose_output_format,
-    decode_images,
-    encode_images,
-    parse_quality,
-)
+from serving.runtime.device import worker_device
+from serving.runtime.errors import EmptyInput, NotAnImage
 from serving.runtime.pipeline import ColorizePipeline
 from serving.runtime.precision import PrecisionUnusable
+from serving.runtime.service import Answer, PhotoRequest, colorize_requests
 
 log = logging.getLogger(__name__)
 
-JSON_CONTENT_TYPE = "application/json"
 IMAGE_KEYS = ("data", "body")  # multipart field / gRPC key first, then the raw REST body
 WARMUP_RUNS = 2  # TorchScript's profiling executor optimizes a shape on its second call
 WARMUP_SIZE = (64, 48)  # width, height of the warm-up photo
-
-# A decoded request waiting for the network: (index in the batch, image, format, quality).
-Job = tuple[int, DecodedImage, str, int]
 
 # Custom metrics, declared in serving/launcher/metrics.yaml (dimension order matters there).
 STAGE_METRIC = "colorizer_stage_seconds"
 BATCH_METRIC = "colorizer_batch_size"
 MEGAPIXELS_METRIC = "colorizer_input_megapixels"
 ERRORS_METRIC = "colorizer_errors_total"
-
-
-def pick_device(gpu_id: int | None) -> torch.device:
-    """CUDA device ``gpu_id`` when TorchServe assigned one and CUDA works, else the CPU."""
-    if gpu_id is None:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        log.warning("TorchServe assigned GPU %s but CUDA is not available; using the CPU", gpu_id)
-        return torch.device("cpu")
-    return torch.device("cuda", int(gpu_id))
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a stage's time is its own (a no-op on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def request_image(request: dict[str, Any]) -> bytes:
@@ -176,7 +149,7 @@ class ColorizerHandler:
         props = context.system_properties
         settings = (context.model_yaml_config or {}).get("handler", {}) or {}
         model_file = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
-        device = pick_device(props.get("gpu_id"))
+        device = worker_device(props.get("gpu_id"))
         if settings.get("threads"):  # else torch's default: OMP_NUM_THREADS or all cores
             torch.set_num_threads(int(settings["threads"]))
         batch_size = int(props.get("batch_size") or 1)
@@ -212,122 +185,52 @@ class ColorizerHandler:
         """
         buffer = io.BytesIO()
         Image.new("L", WARMUP_SIZE, 128).save(buffer, format="JPEG")
-        photo = buffer.getvalue()
+        photo = PhotoRequest(buffer.getvalue(), format="jpeg")
         for size in range(1, max_batch + 1):
             for _ in range(WARMUP_RUNS):
-                images = decode_images([photo] * size, self.max_pixels, self.pipeline.device)
-                colorized = self.inference(images, context=None)
-                encode_images(colorized, [None] * size, ["jpeg"] * size, [DEFAULT_QUALITY] * size)
+                report = colorize_requests(self.pipeline, [photo] * size, self.max_pixels)
+                failed = [a for a in report.answers if a.status != 200]
+                if failed:
+                    raise RuntimeError(f"warm-up failed: {failed[0].body[:300]!r}")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """One response body per request, in order; status and Content-Type set per request."""
         record(context, BATCH_METRIC, len(data), "count", "histogram")
-        responses: list[bytes | None] = [None] * len(data)
-        jobs = self.preprocess(data, context, responses)
-        if jobs:
-            try:
-                colorized = self.inference([job[1] for job in jobs], context)
-            except Exception as exc:  # e.g. out of memory: fail this batch, keep the worker
-                log.exception("colorize failed for a batch of %d", len(jobs))
-                for idx, *_ in jobs:
-                    responses[idx] = self.fail(context, idx, exc)
-            else:
-                self.postprocess(jobs, colorized, context, responses)
-        failure = grpc_batch_failure(context, responses)
+        requests = [photo_request(context, idx, request) for idx, request in enumerate(data)]
+        report = colorize_requests(self.pipeline, requests, self.max_pixels)
+        for megapixels in report.megapixels:
+            record(context, MEGAPIXELS_METRIC, megapixels, "MP", "histogram")
+        for stage, seconds in report.seconds.items():
+            record(context, STAGE_METRIC, seconds, "s", "histogram", Stage=stage)
+        for idx, answer in enumerate(report.answers):
+            respond(context, idx, answer)
+        bodies = [answer.body for answer in report.answers]
+        failure = grpc_batch_failure(context, bodies)
         if failure is not None:  # TorchServe maps the code to a gRPC status (GRPCUtils)
             status, body = failure
             raise PredictionException(body.decode("utf-8"), status)
-        return [b"" if body is None else body for body in responses]
+        return bodies
 
-    def preprocess(
-        self, data: list[dict[str, Any]], context: Any, responses: list[bytes | None]
-    ) -> list[Job]:
-        """Decode each request into a Job; a failure fills its slot of ``responses`` instead.
 
-        The photos of a batch are decoded together (``decode_images``: nvJPEG straight onto
-        the GPU where the pipeline runs on one, Pillow otherwise).
-        """
-        start = time.perf_counter()
-        received: list[tuple[int, bytes, int]] = []  # (index, photo bytes, quality)
-        for idx, request in enumerate(data):
-            try:
-                quality = parse_quality(request_option(request, "quality"))
-                received.append((idx, request_image(request), quality))
-            except Exception as exc:
-                responses[idx] = self.fail(context, idx, exc)
-        decoded = decode_images(
-            [body for _, body, _ in received], self.max_pixels, self.pipeline.device
-        )
-        jobs = []
-        for (idx, _, quality), image in zip(received, decoded, strict=True):
-            try:
-                if isinstance(image, Exception):
-                    raise image
-                fmt = choose_output_format(
-                    request_option(data[idx], "format"),
-                    request_header(context, idx, "Accept"),
-                    image.source_format,
-                )
-            except Exception as exc:
-                responses[idx] = self.fail(context, idx, exc)
-                continue
-            record(context, MEGAPIXELS_METRIC, image.megapixels, "MP", "histogram")
-            jobs.append((idx, image, fmt, quality))
-        record(context, STAGE_METRIC, time.perf_counter() - start, "s", "histogram", Stage="decode")
-        return jobs
+def photo_request(context: Any, idx: int, request: dict[str, Any]) -> PhotoRequest:
+    """TorchServe's request ``idx`` as a ``PhotoRequest`` (the photo, or why there is none)."""
+    try:
+        photo: bytes | Exception = request_image(request)
+    except (EmptyInput, NotAnImage) as exc:
+        photo = exc
+    return PhotoRequest(
+        photo,
+        format=request_option(request, "format"),
+        quality=request_option(request, "quality"),
+        accept=request_header(context, idx, "Accept"),
+    )
 
-    def inference(self, images: list[DecodedImage], context: Any) -> list[torch.Tensor]:
-        """Decoded photos -> colorized RGB, (3, H_i, W_i) uint8 on the pipeline's device."""
-        pipeline = self.pipeline
-        start = time.perf_counter()
-        batch = pipeline.prepare(images)
-        sync(pipeline.device)
-        prepared = time.perf_counter()
-        ab = pipeline.infer(batch)
-        sync(pipeline.device)
-        inferred = time.perf_counter()
-        colorized = pipeline.finish_images(batch, ab)
-        sync(pipeline.device)
-        done = time.perf_counter()
-        for stage, seconds in (
-            ("preprocess", prepared - start),
-            ("inference", inferred - prepared),
-            ("postprocess", done - inferred),
-        ):
-            record(context, STAGE_METRIC, seconds, "s", "histogram", Stage=stage)
-        return colorized
 
-    def postprocess(
-        self,
-        jobs: list[Job],
-        colorized: list[torch.Tensor],
-        context: Any,
-        responses: list[bytes | None],
-    ) -> None:
-        """Encode each result in its requested format; set status 200 and its Content-Type."""
-        start = time.perf_counter()
-        encoded = encode_images(
-            colorized,
-            [image.alpha for _, image, _, _ in jobs],
-            [fmt for _, _, fmt, _ in jobs],
-            [quality for *_, quality in jobs],
-        )
-        for (idx, _, fmt, _), body in zip(jobs, encoded, strict=True):
-            if isinstance(body, Exception):
-                responses[idx] = self.fail(context, idx, body)
-                continue
-            responses[idx] = body
-            context.set_response_status(code=200, phrase="OK", idx=idx)
-            context.set_response_content_type(idx, CONTENT_TYPES[fmt])
-        record(context, STAGE_METRIC, time.perf_counter() - start, "s", "histogram", Stage="encode")
-
-    @staticmethod
-    def fail(context: Any, idx: int, exc: BaseException) -> bytes:
-        """Set request ``idx`` to the status and JSON body ``error_response`` maps ``exc`` to."""
-        status, body = error_response(exc)
-        if not isinstance(exc, ColorizerError):
-            log.error("request %d failed unexpectedly", idx, exc_info=exc)
-        record(context, ERRORS_METRIC, 1, "count", "counter", Kind=body["error"])
-        context.set_response_status(code=status, phrase=HTTPStatus(status).phrase, idx=idx)
-        context.set_response_content_type(idx, JSON_CONTENT_TYPE)
-        return json.dumps(body).encode("utf-8")
+def respond(context: Any, idx: int, answer: Answer) -> None:
+    """Set request ``idx``'s status and Content-Type; count it if it is an error."""
+    if answer.error is not None:
+        record(context, ERRORS_METRIC, 1, "count", "counter", Kind=answer.error)
+    context.set_response_status(
+        code=answer.status, phrase=HTTPStatus(answer.status).phrase, idx=idx
+    )
+    context.set_response_content_type(idx, answer.content_type)

@@ -43,9 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serving.runtime.constants import PRECISIONS
+from serving.runtime.constants import STAGES as SERVICE_STAGES
 
 DEFAULT_MODEL = Path("model_store/default/colorizer.pt")
 DEFAULT_SIZES = (0.25, 1.0, 12.0, 40.0)
+# The report's names for constants.STAGES (decode, preprocess, inference, postprocess, encode).
 STAGES = ("decode", "prepare", "network", "finish", "encode")
 SERVED_SIZE = 512
 GIB = 1 << 30
@@ -104,39 +106,24 @@ def _reset_peak_rss() -> bool:
 
 
 def colorize_batch(pipeline, datas: list[bytes], fmt: str = "jpeg", quality: int = 90, marks=None):
-    """The handler's path for one batch, without TorchServe: ``decode_images`` (nvJPEG on a
-    GPU) -> prepare -> network -> ``finish_images`` -> ``encode_images`` -> bytes per photo.
+    """The served request path for one batch (``serving.runtime.service.colorize_requests``,
+    what the handler runs), without TorchServe -> bytes per photo.
 
-    ``marks``: a list that gets ``time.perf_counter()`` after each of the five stages (the
-    device synchronized first), for per-stage times. Raises a photo's decode error.
+    ``marks``: a list holding the start time; it gets one more ``time.perf_counter()``-based
+    mark per stage (decode, prepare, network, finish, encode), each stage's device work
+    finished. Raises RuntimeError when a photo fails.
     """
-    import torch
+    from serving.runtime.service import PhotoRequest, colorize_requests
 
-    from serving.runtime.imageio import decode_images, encode_images
-
-    def mark() -> None:
-        if marks is not None:
-            if pipeline.device.type == "cuda":
-                torch.cuda.synchronize(pipeline.device)
-            marks.append(time.perf_counter())
-
-    images = decode_images(datas, 10**9, pipeline.device)
-    for image in images:
-        if isinstance(image, Exception):
-            raise image
-    alphas = [image.alpha for image in images]
-    mark()
-    batch = pipeline.prepare(images)
-    del images  # the decoded pixels are not needed past here
-    mark()
-    ab = pipeline.infer(batch)
-    mark()
-    rgb = pipeline.finish_images(batch, ab)
-    del batch, ab
-    mark()
-    out = encode_images(rgb, alphas, [fmt] * len(rgb), [quality] * len(rgb))
-    mark()
-    return out
+    requests = [PhotoRequest(data, format=fmt, quality=str(quality)) for data in datas]
+    report = colorize_requests(pipeline, requests, 10**9)
+    failed = [answer for answer in report.answers if answer.status != 200]
+    if failed:
+        raise RuntimeError(f"{len(failed)} photo(s) failed: {failed[0].body[:300]!r}")
+    if marks is not None:
+        for stage in SERVICE_STAGES:
+            marks.append(marks[-1] + report.seconds[stage])
+    return [answer.body for answer in report.answers]
 
 
 def _run_once(pipeline, data: bytes, path: str, sync) -> dict[str, float]:
@@ -199,6 +186,7 @@ def measure_size(args: argparse.Namespace) -> dict:
     """Child process: one photo size along one path; -> medians, peak memory."""
     import torch
 
+    from serving.runtime.device import sync as device_sync
     from serving.runtime.pipeline import ColorizePipeline
 
     torch.set_num_threads(args.threads)
@@ -208,8 +196,7 @@ def measure_size(args: argparse.Namespace) -> dict:
     cuda = pipeline.device.type == "cuda"
 
     def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(pipeline.device)
+        device_sync(pipeline.device)
 
     data = Path(args.photo).read_bytes()
     warm = gray_jpeg(320, 240, seed=1)

@@ -2,6 +2,10 @@
 
 MODEL_NAME = "colorizer"
 
+# Stages of a request, in order, as the handler's metrics (colorizer_stage_seconds) and
+# serving.runtime.service name them.
+STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+
 # Precisions a network can run in ("auto": measured at load, serving.runtime.precision).
 PRECISIONS = ("auto", "fp32", "bf16")
 

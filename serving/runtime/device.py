@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from serving.runtime.constants import PRECISIONS
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # PRECISIONS but auto
 
@@ -35,6 +39,27 @@ def pick_device(requested: str | torch.device | None = None, index: int = 0) -> 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {requested} was asked for, but CUDA is not available here")
     return device
+
+
+def worker_device(gpu_id: int | str | None) -> torch.device:
+    """The device of a server worker that was given GPU ``gpu_id`` (None: none).
+
+    A worker given a GPU that torch cannot use runs on the CPU, with a warning: a server
+    that stays up serving slowly beats one whose workers never start.
+    """
+    if gpu_id is None:
+        return pick_device("cpu")
+    try:
+        return pick_device(f"cuda:{int(gpu_id)}")
+    except ValueError:
+        log.warning("GPU %s was assigned but CUDA is not available; using the CPU", gpu_id)
+        return pick_device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a stage's time is its own (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:

@@ -44,7 +44,7 @@ from serving.runtime.colorspace import (
     srgb8_to_linear_table,
     srgb_to_linear,
 )
-from serving.runtime.device import pick_device
+from serving.runtime.device import pick_device, sync
 from serving.runtime.imageio import DecodedImage
 from serving.runtime.model_spec import ModelSpec, load_scripted
 from serving.runtime.precision import AutoConfig, name_of, resolve
@@ -267,8 +267,7 @@ class ColorizePipeline:
 
             def run() -> torch.Tensor:
                 ab = pipeline.infer(batch)
-                if device.type == "cuda":  # the time of the work, not of queueing it
-                    torch.cuda.synchronize(device)
+                sync(device)  # the time of the work, not of queueing it
                 return ab
 
             return run

@@ -54,6 +54,7 @@ import torch
 
 from serving.benchmark import STAGES, colorize_batch, gray_jpeg
 from serving.runtime import nvjpeg
+from serving.runtime.device import sync
 from serving.runtime.imageio import decode_image, encode_image
 from serving.runtime.pipeline import ColorizePipeline
 
@@ -118,11 +119,6 @@ def model_file(name: str, workdir: Path) -> tuple[Path | None, str]:
     path = workdir / f"{name}.pt"
     export(Colorizer(preset(settings.pop("preset"), **settings)), path)
     return path, f"random-init {name} network exported here: {STAND_INS[name]}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: torch.device, repeats: int, warmups: int = 2) -> float:

@@ -13,13 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.colorizer_handler import pick_device
-from serving.runtime.constants import MODEL_NAME
+from serving.runtime.constants import MODEL_NAME, STAGES
+from serving.runtime.device import worker_device
 from tests.support.handler import Harness, grpc_request, param, request
 from tests.support.models import export_test_model
 from tests.support.photos import encode, mean_abs_l_diff, open_image, photo_paths, synthetic_photo
-
-STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +56,15 @@ def test_threads_setting_from_model_config(model_dir, caplog):
         torch.set_num_threads(before)
 
 
-def test_pick_device_follows_torchserve_gpu_id():
-    assert pick_device(None) == torch.device("cpu")
-    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    assert pick_device(0) == expected
+def test_the_worker_device_follows_torchserve_gpu_id():
+    assert worker_device(None) == torch.device("cpu")
+    expected = torch.device("cuda", 1) if torch.cuda.device_count() > 1 else None
+    if torch.cuda.is_available():
+        assert worker_device(0) == torch.device("cuda", 0)
+        if expected is not None:
+            assert worker_device("1") == expected
+    else:  # given a GPU torch cannot use: the CPU, with a warning
+        assert worker_device(0) == torch.device("cpu")
 
 
 def test_photo_keeps_size_format_and_luminance(harness, photo):

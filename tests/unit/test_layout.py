@@ -20,6 +20,7 @@ RUNTIME = [
     "serving.runtime.nvjpeg",
     "serving.runtime.pipeline",
     "serving.runtime.precision",
+    "serving.runtime.service",
 ]
 NOT_IN_RUNTIME = (
     "training",

@@ -23,6 +23,7 @@ RUNTIME_MODULES = {
     "nvjpeg",
     "pipeline",
     "precision",
+    "service",
 }
 
 
