@@ -97,28 +97,20 @@ stop: venv
 
 # Reproduce the shipped default model from the repo alone (fixed seeds), then its report:
 # model_store/default/MODEL_CARD.md says what it is, why these settings, and what it scored.
-# Two networks of one recipe, one trained against the nearest a*b* bin and one against
-# Zhang et al.'s soft targets (--target-bins 5), exported as one ensemble with float16
-# weights (21 MB). About 2.6 hours on 2 CPU cores. The decoding is chosen on val at the 0.60
-# colorfulness floor (issue #13's goal); the same photos then report the result, so the card
-# calls its figures optimistic.
-DEFAULT_EPOCHS ?= 60
-DEFAULT_REBALANCE_MIX ?= 0.8
-DEFAULT_MIN_COLORFULNESS ?= 0.60
+# Two networks of one recipe (training/recipe.py, the one place it is written), one trained
+# against the nearest a*b* bin and one against Zhang et al.'s soft targets (--target-bins 5),
+# exported as one ensemble with float16 weights (21 MB). About 2.6 hours on 2 CPU cores. The
+# decoding is chosen on val at the recipe's colorfulness floor (issue #13's goal); the same
+# photos then report the result, so the card calls its figures optimistic.
 DEFAULT_RUN ?= runs/default
 DEFAULT_SOFT_RUN ?= runs/default-soft5
 VAL_PHOTOS := training/datasets/photos/val
-DEFAULT_RECIPE = --data training/datasets/photos/train --val-data $(VAL_PHOTOS) \
-  --preset compact --head classification --rebalance-mix $(DEFAULT_REBALANCE_MIX) \
-  --backbone-weights efficientnet-lite0 --fuse-stage 4 \
-  --backbone-lr-scale 0.1 --backbone-bn frozen \
-  --epochs $(DEFAULT_EPOCHS) --lr-schedule cosine --batch-size 16 --lr 1e-3 --seed 0 --workers 1
 DEFAULT_MEMBERS = $(DEFAULT_RUN)/last.pt $(DEFAULT_SOFT_RUN)/last.pt
 default-model: venv
-	$(VENV)/bin/colorizer train $(DEFAULT_RECIPE) --out $(DEFAULT_RUN)
-	$(VENV)/bin/colorizer train $(DEFAULT_RECIPE) --target-bins 5 --out $(DEFAULT_SOFT_RUN)
+	$(VENV)/bin/colorizer train $$($(PY) -m training.recipe args) --out $(DEFAULT_RUN)
+	$(VENV)/bin/colorizer train $$($(PY) -m training.recipe args) --target-bins 5 --out $(DEFAULT_SOFT_RUN)
 	$(VENV)/bin/colorizer tune-decoding $(DEFAULT_MEMBERS) --data $(VAL_PHOTOS) \
-	  --min-colorfulness-ratio $(DEFAULT_MIN_COLORFULNESS) --out $(DEFAULT_RUN)/decoding.json
+	  --min-colorfulness-ratio $$($(PY) -m training.recipe floor) --out $(DEFAULT_RUN)/decoding.json
 	$(VENV)/bin/colorizer export $(DEFAULT_MEMBERS) --decoding $(DEFAULT_RUN)/decoding.json \
 	  --half --out model_store/default/colorizer.pt
 	$(VENV)/bin/colorizer evaluate --model model_store/default/colorizer.pt --data $(VAL_PHOTOS) \

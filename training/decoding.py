@@ -29,11 +29,12 @@ import torch
 from serving.runtime.device import pick_device, pick_dtype
 from serving.runtime.model_spec import ModelSpec, load_scripted
 from serving.runtime.pipeline import ColorizePipeline
+from training import recipe
 from training.checkpoint import models_from_checkpoints
 from training.evaluate import add_inference_options, image_metrics, photo_batches, summarize
 from training.model import Network, decode_logits
 
-MIN_COLORFULNESS_RATIO = 0.5  # the default model's target: at least half the truth's
+MIN_COLORFULNESS_RATIO = recipe.MIN_COLORFULNESS_RATIO  # the default model's floor
 DEFAULT_TEMPERATURES = (0.2, 0.3, 0.38, 0.5, 0.7, 1.0)
 DEFAULT_CORRECTIONS = (-0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 

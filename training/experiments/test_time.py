@@ -1,4 +1,4 @@
-"""`python -m training.test_time`: what test-time views would add to an exported model.
+"""`python -m training.experiments.test_time`: what test-time views would add to an exported model.
 
 The service runs the network once per photo, on the whole photo squashed to 224x224. This
 measures, on a folder of photos and with the metrics of `colorizer evaluate`, what other
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from serving.runtime.model_spec import ModelSpec, load_scripted
 from serving.runtime.pipeline import ColorizePipeline, compose, model_inputs
+from training import recipe
 from training.decoding import Decoding, NoFeasibleDecoding, choose, summary_rows
 from training.evaluate import image_metrics, photo_batches
 from training.model import decode_logits
@@ -40,7 +41,7 @@ from training.model import decode_logits
 SQUARE_ENOUGH = 1.15  # photos with aspect ratio below this get no crops (the whole view)
 RAMP_FRACTION = 0.25  # each crop's weight ramps over this fraction of its side at both ends
 CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MIN_COLORFULNESS_RATIO = 0.6
+MIN_COLORFULNESS_RATIO = recipe.MIN_COLORFULNESS_RATIO
 
 
 def crop_starts(long_side: int, short_side: int) -> list[int]:
@@ -204,7 +205,7 @@ def _runner(module: torch.jit.ScriptModule) -> Callable:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.test_time", description=__doc__.split("\n")[0]
+        prog="python -m training.experiments.test_time", description=__doc__.split("\n")[0]
     )
     p.add_argument("--model", type=Path, required=True, help="exported classification model")
     p.add_argument("--data", type=Path, required=True, help="folder of photos")

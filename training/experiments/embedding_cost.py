@@ -3,7 +3,7 @@ features fused (``fuse_stage``), of ensembles of Lite0 networks sharing one froz
 backbone, and of the default's recipe as an ensemble of fine-tuned networks, each running its
 own backbone (issue #13).
 
-``python -m training.embedding_cost``: batch 1, fp32, one thread; the variants run in
+``python -m training.experiments.embedding_cost``: batch 1, fp32, one thread; the variants run in
 interleaved rounds so their ratios hold on a busy machine. Random weights: cost only.
 """
 
