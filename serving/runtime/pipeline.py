@@ -182,10 +182,10 @@ class Prepared:
     gray_in: torch.Tensor
 
 
-def should_freeze(module: torch.nn.Module) -> bool:
-    """Freeze by default, and only a scripted network: `colorizer tune-decoding` runs the
-    eager one from a checkpoint, which ``torch.jit.freeze`` refuses."""
-    return isinstance(module, torch.jit.ScriptModule)
+def should_freeze(module: torch.nn.Module, freeze: bool | None = None) -> bool:
+    """``freeze`` when given; by default, freeze only a scripted network: `colorizer
+    tune-decoding` runs the eager one from a checkpoint, which ``torch.jit.freeze`` refuses."""
+    return isinstance(module, torch.jit.ScriptModule) if freeze is None else freeze
 
 
 def probe_photo(side: int = 256) -> torch.Tensor:
@@ -221,7 +221,7 @@ class ColorizePipeline:
         # --baseline-model <the same file> --baseline-precision fp32 --baseline-freeze no`).
         self.module = module.eval()
         self.frozen = False
-        if should_freeze(module) if freeze is None else freeze:
+        if should_freeze(module, freeze):
             self.freeze()
         default_strip = CUDA_STRIP_PIXELS if device.type == "cuda" else CPU_STRIP_PIXELS
         self.strip_pixels = strip_pixels or default_strip
@@ -261,7 +261,7 @@ class ColorizePipeline:
             batch = pipeline.prepare([probe_photo()] * probe_batch)
             pipeline.infer(batch)  # before freezing: a frozen network that cannot run a
             # precision may crash the process (an old file's bf16 resize) instead of raising
-            if should_freeze(module) if freeze is None else freeze:
+            if should_freeze(module, freeze):
                 pipeline.freeze()
             built[dtype] = pipeline
 
