@@ -9,9 +9,17 @@ One request is one photo:
   multipart fields or gRPC input keys; without ``format``, the ``Accept`` header, then
   the input's own format (see ``serving.runtime.imageio.choose_output_format``).
 
-Every request gets its own status code and Content-Type. A bad photo fails only its own
-request, with the JSON body of ``serving.runtime.errors.error_response``; the worker never dies
-on bad input.
+Request metadata (``serving.runtime.request_meta``): ``X-Request-Id``, ``traceparent`` and
+``X-Request-Deadline`` as REST headers, or as gRPC input keys of the same names in lower
+case (TorchServe 0.12 passes a gRPC handler neither the call's metadata nor its deadline).
+Without an id, the request gets TorchServe's own request id. A photo whose deadline
+passed in the queue, or would pass before a batch (this worker's recent average) could
+finish, is answered 504 without being decoded.
+
+Every request gets its own status code, Content-Type and ``X-Request-Id`` header. A bad
+photo fails only its own request, with the JSON body of
+``serving.runtime.errors.error_response`` plus its ``request_id``; the worker never dies on
+bad input.
 
 gRPC: TorchServe's gRPC frontend (0.12) ignores per-request status codes; it turns only a
 failure of the whole batch (``PredictionException`` with an HTTP code) into a gRPC status
@@ -27,6 +35,7 @@ TorchServe imports this file as a module and requires exactly one class in it.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from http import HTTPStatus
 from pathlib import Path
@@ -41,21 +50,32 @@ from ts.utils.util import PredictionException
 import serving
 from serving.runtime.constants import (
     CANNOT_START,
+    DEADLINE_HEADER,
     DEFAULT_MAX_PIXELS,
     INPUT_FORMATS_HUMAN,
     MODEL_NAME,
+    REQUEST_ID_HEADER,
+    TRACEPARENT_HEADER,
 )
 from serving.runtime.device import worker_device
-from serving.runtime.errors import EmptyInput, NotAnImage
+from serving.runtime.errors import EmptyInput, InvalidOption, NotAnImage
 from serving.runtime.pipeline import ColorizePipeline
 from serving.runtime.precision import PrecisionUnusable
-from serving.runtime.service import Answer, PhotoRequest, colorize_requests
+from serving.runtime.request_meta import (
+    RequestMeta,
+    new_request_id,
+    parse_deadline,
+    parse_request_id,
+    parse_traceparent,
+)
+from serving.runtime.service import Answer, BatchReport, PhotoRequest, colorize_requests
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("data", "body")  # multipart field / gRPC key first, then the raw REST body
 WARMUP_RUNS = 2  # TorchScript's profiling executor optimizes a shape on its second call
 WARMUP_SIZE = (64, 48)  # width, height of the warm-up photo
+BATCH_SECONDS_WEIGHT = 0.3  # of the newest batch in the running average of batch seconds
 
 # Custom metrics, declared in serving/launcher/metrics.yaml (dimension order matters there).
 STAGE_METRIC = "colorizer_stage_seconds"
@@ -107,21 +127,28 @@ def is_grpc(context: Any, idx: int) -> bool:
     return not any(isinstance(value, str) for value in headers.values())
 
 
-def grpc_batch_failure(context: Any, responses: list[bytes | None]) -> tuple[int, bytes] | None:
+def grpc_batch_failure(context: Any, answers: list[Answer]) -> tuple[int, bytes] | None:
     """(HTTP status, JSON body) to fail the whole batch with, so gRPC callers get a status.
 
-    Only when every request came over gRPC and all failed with one identical answer: a
-    batch failure gives each of its callers the same code and message, so it must not
-    touch a success, a REST caller (TorchServe would replace our JSON body) or a
-    different error.
+    Only when every request came over gRPC and all failed with one identical error (kind
+    and message): a batch failure gives each of its callers the same code and message, so
+    it must not touch a success, a REST caller (TorchServe would replace our JSON body) or
+    a different error. The body names the request's id, or, for several, all their ids
+    (``request_ids``).
     """
-    answers = set()
-    for idx, body in enumerate(responses):
-        status = context.get_response_status(idx)[0]
-        if status is None or status < 400 or not is_grpc(context, idx):
+    errors = set()
+    for idx, answer in enumerate(answers):
+        if answer.status < 400 or not is_grpc(context, idx):
             return None
-        answers.add((status, body))
-    return answers.pop() if len(answers) == 1 else None
+        body = json.loads(answer.body)
+        errors.add((answer.status, body["error"], body["message"]))
+    if len(errors) != 1:
+        return None
+    status, kind, message = errors.pop()
+    ids = [json.loads(answer.body)["request_id"] for answer in answers]
+    named = {"request_id": ids[0]} if len(ids) == 1 else {"request_ids": ids}
+    body = {"error": kind, "message": message, **named}
+    return status, json.dumps(body).encode("utf-8")
 
 
 def record(context: Any, name: str, value: float, unit: str, kind: str, **dims: str) -> None:
@@ -142,6 +169,7 @@ class ColorizerHandler:
     def __init__(self) -> None:
         self.pipeline: ColorizePipeline | None = None
         self.max_pixels = DEFAULT_MAX_PIXELS
+        self.batch_seconds = 0.0  # running average of a batch's seconds (the deadline margin)
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -197,7 +225,14 @@ class ColorizerHandler:
         """One response body per request, in order; status and Content-Type set per request."""
         record(context, BATCH_METRIC, len(data), "count", "histogram")
         requests = [photo_request(context, idx, request) for idx, request in enumerate(data)]
-        report = colorize_requests(self.pipeline, requests, self.max_pixels)
+        report = colorize_requests(
+            self.pipeline,
+            requests,
+            self.max_pixels,
+            expected_s=self.batch_seconds,
+            log_requests=True,
+        )
+        self.batch_seconds = updated_batch_seconds(self.batch_seconds, report)
         for megapixels in report.megapixels:
             record(context, MEGAPIXELS_METRIC, megapixels, "MP", "histogram")
         for stage, seconds in report.seconds.items():
@@ -205,17 +240,54 @@ class ColorizerHandler:
         for idx, answer in enumerate(report.answers):
             respond(context, idx, answer)
         bodies = [answer.body for answer in report.answers]
-        failure = grpc_batch_failure(context, bodies)
+        failure = grpc_batch_failure(context, report.answers)
         if failure is not None:  # TorchServe maps the code to a gRPC status (GRPCUtils)
             status, body = failure
             raise PredictionException(body.decode("utf-8"), status)
         return bodies
 
 
+def updated_batch_seconds(average: float, report: BatchReport) -> float:
+    """The running average of batch seconds after ``report`` (unchanged when no photo of
+    the batch reached the network)."""
+    if "inference" not in report.seconds:
+        return average
+    spent = sum(report.seconds.values())
+    if average == 0.0:
+        return spent
+    return (1 - BATCH_SECONDS_WEIGHT) * average + BATCH_SECONDS_WEIGHT * spent
+
+
+def request_text(context: Any, idx: int, request: dict[str, Any], header: str) -> str | None:
+    """Metadata ``header`` of request ``idx``: the REST header, else the gRPC input key (or
+    multipart field) of the same name in lower case."""
+    value = request_header(context, idx, header)
+    return value if value is not None else request_option(request, header.lower())
+
+
+def request_meta(
+    context: Any, idx: int, request: dict[str, Any]
+) -> tuple[RequestMeta, InvalidOption | None]:
+    """Request ``idx``'s id, trace context and deadline, and what was wrong with them.
+
+    An unusable id or deadline fails the request (the error); the request then carries
+    TorchServe's id, so its answer and log line still have one.
+    """
+    fallback = context.get_request_id(idx) or new_request_id()
+    traceparent = parse_traceparent(request_text(context, idx, request, TRACEPARENT_HEADER))
+    try:
+        request_id = parse_request_id(request_text(context, idx, request, REQUEST_ID_HEADER))
+        deadline = parse_deadline(request_text(context, idx, request, DEADLINE_HEADER))
+    except InvalidOption as exc:
+        return RequestMeta(fallback, traceparent), exc
+    return RequestMeta(request_id or fallback, traceparent, deadline), None
+
+
 def photo_request(context: Any, idx: int, request: dict[str, Any]) -> PhotoRequest:
     """TorchServe's request ``idx`` as a ``PhotoRequest`` (the photo, or why there is none)."""
+    meta, invalid = request_meta(context, idx, request)
     try:
-        photo: bytes | Exception = request_image(request)
+        photo: bytes | Exception = invalid or request_image(request)
     except (EmptyInput, NotAnImage) as exc:
         photo = exc
     return PhotoRequest(
@@ -223,14 +295,17 @@ def photo_request(context: Any, idx: int, request: dict[str, Any]) -> PhotoReque
         format=request_option(request, "format"),
         quality=request_option(request, "quality"),
         accept=request_header(context, idx, "Accept"),
+        meta=meta,
     )
 
 
 def respond(context: Any, idx: int, answer: Answer) -> None:
-    """Set request ``idx``'s status and Content-Type; count it if it is an error."""
+    """Set request ``idx``'s status, Content-Type and headers; count it if it is an error."""
     if answer.error is not None:
         record(context, ERRORS_METRIC, 1, "count", "counter", Kind=answer.error)
     context.set_response_status(
         code=answer.status, phrase=HTTPStatus(answer.status).phrase, idx=idx
     )
     context.set_response_content_type(idx, answer.content_type)
+    for name, value in answer.headers.items():
+        context.set_response_header(idx, name, value)

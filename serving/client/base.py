@@ -31,7 +31,8 @@ class ServiceError(Exception):
 
     ``retryable``: the service could not serve it right now (queue full, worker died,
     unreachable) and the same call may succeed later; ``retry_after``: the seconds the
-    server asked to wait (REST Retry-After), if it did.
+    server asked to wait (REST Retry-After), if it did; ``request_id``: the id the call
+    was sent with (``ColorizerClient`` sets it), to find it in the server's logs.
     """
 
     def __init__(
@@ -42,13 +43,19 @@ class ServiceError(Exception):
         *,
         retryable: bool = False,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
-        super().__init__(f"{status} {kind}: {message}")
+        super().__init__(status, kind, message)
         self.status = status
         self.kind = kind
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        named = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.status} {self.kind}: {self.message}{named}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,8 @@ def error_from_body(status: int, body: bytes, **flags) -> ServiceError:
     if not isinstance(data, dict):
         return ServiceError(status, "http_error", str(data)[:200], **flags)
     kind = str(data.get("error") or data.get("type") or "http_error")
-    return ServiceError(status, kind, str(data.get("message", "")), **flags)
+    request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+    return ServiceError(status, kind, str(data.get("message", "")), request_id=request_id, **flags)
 
 
 def refusal_from_json(text: bytes | str) -> ServiceError | None:
@@ -102,4 +110,6 @@ def refusal_from_json(text: bytes | str) -> ServiceError | None:
     if not isinstance(data, dict) or not isinstance(data.get("error"), str):
         return None
     kind = data["error"]
-    return ServiceError(STATUS_OF_KIND.get(kind, 500), kind, str(data.get("message", "")))
+    request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+    status = STATUS_OF_KIND.get(kind, 500)
+    return ServiceError(status, kind, str(data.get("message", "")), request_id=request_id)

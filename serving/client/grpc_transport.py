@@ -1,6 +1,9 @@
 """gRPC transport: ``InferenceAPIsService/Predictions`` with stubs built from TorchServe's protos.
 
-``input = {"data": photo, "format": ..., "quality": ...}``. Calls balance over every
+``input = {"data": photo, "format": ..., "quality": ...}`` plus the request's id, deadline
+and trace context as input keys (``x-request-id``, ``x-request-deadline``,
+``traceparent``): TorchServe 0.12 passes the handler the input map, never the call's
+metadata or gRPC deadline. Calls balance over every
 address the target resolves to (``round_robin``), so ``dns:///headless-service:7070``
 spreads over the pods.
 """
@@ -79,9 +82,13 @@ class GrpcTransport:
         )
         self._stub = self._stubs.inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
 
-    def colorize(self, image: bytes, options: dict[str, str], timeout: float) -> Colorized:
-        """One try with ``timeout`` as its gRPC deadline; ServiceError says whether to retry."""
-        inputs = {"data": image, **{k: v.encode() for k, v in options.items()}}
+    def colorize(
+        self, image: bytes, options: dict[str, str], timeout: float, meta: dict[str, str]
+    ) -> Colorized:
+        """One try with ``timeout`` as its gRPC deadline and ``meta`` (request id, deadline,
+        trace) as lower-case input keys; ServiceError says whether to retry."""
+        texts = {**options, **{k.lower(): v for k, v in meta.items()}}
+        inputs = {"data": image, **{k: v.encode() for k, v in texts.items()}}
         request = self._stubs.inference_pb2.PredictionsRequest(
             model_name=self.model_name, input=inputs
         )

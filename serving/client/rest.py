@@ -51,15 +51,20 @@ class RestTransport:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
-    def colorize(self, image: bytes, options: dict[str, str], timeout: float) -> Colorized:
-        """One try within ``timeout`` seconds; ServiceError says whether to try again."""
+    def colorize(
+        self, image: bytes, options: dict[str, str], timeout: float, meta: dict[str, str]
+    ) -> Colorized:
+        """One try within ``timeout`` seconds, ``meta`` (request id, deadline, trace) as
+        headers; ServiceError says whether to try again."""
         endpoint = f"{self.url}/predictions/{self.model_name}"
         try:
             if options:
                 files = {"data": ("image", image, "application/octet-stream")}
-                resp = self._session.post(endpoint, files=files, data=options, timeout=timeout)
+                resp = self._session.post(
+                    endpoint, files=files, data=options, headers=meta, timeout=timeout
+                )
             else:
-                headers = {"Content-Type": "application/octet-stream"}
+                headers = {**meta, "Content-Type": "application/octet-stream"}
                 resp = self._session.post(endpoint, data=image, headers=headers, timeout=timeout)
         except requests.Timeout as exc:  # the deadline is spent: nothing left to retry in
             raise ServiceError(504, "deadline_exceeded", f"{endpoint}: {exc}") from exc

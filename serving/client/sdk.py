@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from serving.client.base import DEFAULT_TIMEOUT_S, Colorized, ServiceError
 from serving.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries
-from serving.runtime.constants import MODEL_NAME
+from serving.runtime.constants import (
+    DEADLINE_HEADER,
+    MODEL_NAME,
+    REQUEST_ID_HEADER,
+    TRACEPARENT_HEADER,
+)
+from serving.runtime.request_meta import deadline_header_value, new_request_id
 
 
 class ColorizerClient:
@@ -17,6 +24,10 @@ class ColorizerClient:
     right now (REST 503/507, unreachable, gRPC UNAVAILABLE, a full queue, a worker that
     died) are retried under ``retry`` (``RetryPolicy(attempts=1)``: never); refusals
     (4xx, ``internal`` 500) never are. Colorizing is idempotent, so a retry is safe.
+
+    Each call sends its request id (``X-Request-Id``; generated unless given) and its
+    deadline (``X-Request-Deadline``): the server skips a photo whose caller has given up.
+    A ``ServiceError`` names the id, which the server's log lines carry too.
 
     Thread-safe: one client can serve many concurrent calls.
     """
@@ -49,20 +60,38 @@ class ColorizerClient:
             self.transport = GrpcTransport(grpc_target, model_name=model_name, timeout=timeout)
 
     def colorize(
-        self, image: bytes, fmt: str | None = None, quality: int | None = None
+        self,
+        image: bytes,
+        fmt: str | None = None,
+        quality: int | None = None,
+        *,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> Colorized:
         """Colorize one encoded photo; ``fmt`` jpeg|png|webp, ``quality`` 1-100 (lossy only).
 
-        Raises ServiceError when the service refuses it, or cannot serve it before the
+        ``request_id``: sent as ``X-Request-Id`` on every try (default: a new random id);
+        ``traceparent``: a W3C trace context to pass on. Raises ServiceError, naming the
+        request id, when the service refuses the photo or cannot serve it before the
         deadline.
         """
         options = {k: str(v) for k, v in (("format", fmt), ("quality", quality)) if v is not None}
-        return call_with_retries(
-            lambda left: self.transport.colorize(image, options, left),
-            self.timeout,
-            self.retry,
-            on_retry=self._count_retry,
-        )
+        meta = {
+            REQUEST_ID_HEADER: request_id or new_request_id(),
+            DEADLINE_HEADER: deadline_header_value(time.time() + self.timeout),
+        }
+        if traceparent:
+            meta[TRACEPARENT_HEADER] = traceparent
+        try:
+            return call_with_retries(
+                lambda left: self.transport.colorize(image, options, left, meta),
+                self.timeout,
+                self.retry,
+                on_retry=self._count_retry,
+            )
+        except ServiceError as exc:
+            exc.request_id = exc.request_id or meta[REQUEST_ID_HEADER]
+            raise
 
     def _count_retry(self, error: ServiceError) -> None:
         with self._lock:

@@ -28,6 +28,15 @@ INPUT_FORMATS_HUMAN = "JPEG, PNG, WebP, BMP, TIFF, GIF (first frame)"
 # File suffixes of those formats: what `colorizer colorize` and training pick from a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
+# Request metadata: REST headers, or gRPC input keys of the same names in lower case
+# (TorchServe 0.12 hands a gRPC handler its input map, never the call's metadata or deadline).
+REQUEST_ID_HEADER = "X-Request-Id"  # the caller's id, echoed; generated when none is sent
+TRACEPARENT_HEADER = "traceparent"  # W3C Trace Context; logged and echoed, never required
+DEADLINE_HEADER = "X-Request-Deadline"  # when the caller gives up: Unix time in milliseconds
+MAX_REQUEST_ID_CHARS = 128  # printable ASCII, no spaces
+# A request whose deadline passes before its turn gets 504 with this Retry-After (seconds).
+EXPIRED_RETRY_AFTER_S = 1
+
 # Output encoding.
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}

@@ -50,12 +50,25 @@ class ImageTooLarge(ColorizerError):
     http_status = 413
 
 
+class DeadlineExceeded(ColorizerError):
+    """The caller's deadline (``constants.DEADLINE_HEADER``) passed, or would pass, before
+    the photo's turn ended: it was skipped without running the network."""
+
+    kind = "deadline_exceeded"
+    http_status = 504
+
+
 # HTTP status -> gRPC status code, the same as TorchServe 0.12's own table
 # (org.pytorch.serve.util.GRPCUtils), which applies it when the handler fails a whole batch:
 # the handler does so for gRPC batches whose requests all failed alike (a request batched
 # alone always), with the JSON body as the status message. A bad gRPC request batched with
 # good ones completes OK with the JSON body as its prediction (see handlers/).
-GRPC_CODE_FOR_HTTP = {400: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
+GRPC_CODE_FOR_HTTP = {
+    400: "INVALID_ARGUMENT",
+    413: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    504: "DEADLINE_EXCEEDED",
+}
 
 ERROR_KINDS = tuple(
     cls.kind
@@ -66,6 +79,7 @@ ERROR_KINDS = tuple(
         UnsupportedFormat,
         InvalidOption,
         ImageTooLarge,
+        DeadlineExceeded,
         ColorizerError,
     )
 )

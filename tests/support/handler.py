@@ -22,6 +22,7 @@ class Response:
     status: int
     content_type: str | None
     body: bytes
+    headers: dict[str, str]
 
     def json(self) -> dict:
         assert self.content_type == "application/json", self
@@ -88,6 +89,11 @@ class Harness:
         assert self.outputs is not None and code == 200, f"the batch failed: {code} {message}"
         ctx = self.service.context
         return [
-            Response(ctx.get_response_status(i)[0], ctx.get_response_content_type(i), body)
+            Response(
+                ctx.get_response_status(i)[0],
+                ctx.get_response_content_type(i),
+                body,
+                dict(ctx.get_response_headers(i)),
+            )
             for i, body in enumerate(self.outputs)
         ]

@@ -184,6 +184,7 @@ def test_inference_failure_fails_its_batch_not_the_worker(model_dir, photo, monk
     assert resps[0].json() == {
         "error": "internal",
         "message": "internal error while colorizing; see server logs",
+        "request_id": "r0",
     }
     monkeypatch.undo()
     (resp,) = harness.run(request(param("data", photo)))

@@ -19,6 +19,7 @@ RUNTIME_MODULES = {
     "device",
     "errors",
     "imageio",
+    "request_meta",
     "model_spec",
     "nvjpeg",
     "pipeline",

@@ -109,3 +109,60 @@ def test_grpc_retries_a_call_the_server_answered_unavailable():
     finally:
         server.stop(None)
     assert result.content_type == "image/png" and calls == [len(photo), len(photo)]
+
+
+def test_every_try_sends_one_request_id_and_the_calls_deadline():
+    """A local HTTP server: TorchServe's queue-full 503 (no id in its body) twice, then
+    a photo; the client sends the same id and absolute deadline each time."""
+    import http.server
+    import threading
+    import time
+
+    png = encode(synthetic_photo(8, 8), "PNG")
+    seen: list[dict[str, str]] = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(dict(self.headers))
+            busy = len(seen) <= 2
+            body = b'{"code": 503, "type": "ServiceUnavailableException"}' if busy else png
+            self.send_response(503 if busy else 200)
+            self.send_header("Content-Type", "application/json" if busy else "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.time()
+        with ColorizerClient(url, timeout=30) as client:
+            client.colorize(png, request_id="mine-1")
+            client.colorize(png)  # a generated id
+    finally:
+        server.shutdown()
+    assert [h["X-Request-Id"] for h in seen[:3]] == ["mine-1"] * 3
+    assert len(seen[3]["X-Request-Id"]) == 32 and seen[3]["X-Request-Id"] != "mine-1"
+    deadlines = {int(h["X-Request-Deadline"]) / 1000 for h in seen[:3]}
+    assert len(deadlines) == 1 and abs(deadlines.pop() - (started + 30)) < 2
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_a_failure_names_the_request_id(protocol):
+    (port,) = free_ports(1)
+    target = {"rest": (f"http://127.0.0.1:{port}", None), "grpc": (None, f"127.0.0.1:{port}")}
+    with ColorizerClient(*target[protocol], timeout=1) as client:
+        with pytest.raises(ServiceError) as failed:
+            client.colorize(b"\xff\xd8", request_id="trace-me")
+    assert failed.value.request_id == "trace-me" and "(request id trace-me)" in str(failed.value)
+
+
+def test_the_servers_request_id_is_read_from_an_error_body():
+    body = b'{"error": "deadline_exceeded", "message": "late", "request_id": "abc"}'
+    error = error_from_body(504, body)
+    assert error.kind == "deadline_exceeded" and error.request_id == "abc"
