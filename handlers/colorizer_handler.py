@@ -12,14 +12,15 @@ One request is one photo:
 Request metadata (``serving.runtime.request_meta``): ``X-Request-Id``, ``traceparent`` and
 ``X-Request-Deadline`` as REST headers, or as gRPC input keys of the same names in lower
 case (TorchServe 0.12 passes a gRPC handler neither the call's metadata nor its deadline).
-Without an id, the request gets TorchServe's own request id. A photo whose deadline
-passed in the queue, or would pass before a batch (this worker's recent average) could
-finish, is answered 504 without being decoded.
+Without an id, the request goes by TorchServe's own request id, which TorchServe's REST
+frontend sets as every response's ``X-Request-Id`` (overwriting the handler's), so a
+caller's id is echoed as ``X-Client-Request-Id``. A photo whose deadline passed in the
+queue, or would pass before a batch (this worker's recent average) could finish, is
+answered 504 without being decoded.
 
-Every request gets its own status code, Content-Type and ``X-Request-Id`` header. A bad
-photo fails only its own request, with the JSON body of
-``serving.runtime.errors.error_response`` plus its ``request_id``; the worker never dies on
-bad input.
+Every request gets its own status code and Content-Type. A bad photo fails only its own
+request, with the JSON body of ``serving.runtime.errors.error_response`` plus its
+``request_id``; the worker never dies on bad input.
 
 gRPC: TorchServe's gRPC frontend (0.12) ignores per-request status codes; it turns only a
 failure of the whole batch (``PredictionException`` with an HTTP code) into a gRPC status
@@ -273,14 +274,14 @@ def request_meta(
     An unusable id or deadline fails the request (the error); the request then carries
     TorchServe's id, so its answer and log line still have one.
     """
-    fallback = context.get_request_id(idx) or new_request_id()
+    server_id = context.get_request_id(idx) or new_request_id()
     traceparent = parse_traceparent(request_text(context, idx, request, TRACEPARENT_HEADER))
     try:
         request_id = parse_request_id(request_text(context, idx, request, REQUEST_ID_HEADER))
         deadline = parse_deadline(request_text(context, idx, request, DEADLINE_HEADER))
     except InvalidOption as exc:
-        return RequestMeta(fallback, traceparent), exc
-    return RequestMeta(request_id or fallback, traceparent, deadline), None
+        return RequestMeta(server_id, traceparent, server_id=server_id), exc
+    return RequestMeta(request_id or server_id, traceparent, deadline, server_id), None
 
 
 def photo_request(context: Any, idx: int, request: dict[str, Any]) -> PhotoRequest:

@@ -32,7 +32,8 @@ class ServiceError(Exception):
     ``retryable``: the service could not serve it right now (queue full, worker died,
     unreachable) and the same call may succeed later; ``retry_after``: the seconds the
     server asked to wait (REST Retry-After), if it did; ``request_id``: the id the call
-    was sent with (``ColorizerClient`` sets it), to find it in the server's logs.
+    was sent with (``ColorizerClient`` sets it), to find it in the server's logs;
+    ``server_id``: the server's own id for it (TorchServe's REST X-Request-Id), if known.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class ServiceError(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         request_id: str | None = None,
+        server_id: str | None = None,
     ) -> None:
         super().__init__(status, kind, message)
         self.status = status
@@ -52,10 +54,15 @@ class ServiceError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.request_id = request_id
+        self.server_id = server_id
 
     def __str__(self) -> str:
-        named = f" (request id {self.request_id})" if self.request_id else ""
-        return f"{self.status} {self.kind}: {self.message}{named}"
+        ids = [f"request id {self.request_id}"] if self.request_id else []
+        if self.server_id and self.server_id != self.request_id:
+            ids.append(f"server id {self.server_id}")
+        return f"{self.status} {self.kind}: {self.message}" + (
+            f" ({', '.join(ids)})" if ids else ""
+        )
 
 
 @dataclass(frozen=True)

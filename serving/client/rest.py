@@ -19,6 +19,7 @@ from serving.client.base import (
     error_from_body,
     sniff_content_type,
 )
+from serving.runtime.constants import REQUEST_ID_HEADER
 
 # Statuses worth the same call again (serving/client/retry.py): TorchServe answers 503 when
 # the model's queue is full and 507 when the worker serving the request died (it restarts);
@@ -67,7 +68,7 @@ class RestTransport:
                 headers = {**meta, "Content-Type": "application/octet-stream"}
                 resp = self._session.post(endpoint, data=image, headers=headers, timeout=timeout)
         except requests.Timeout as exc:  # the deadline is spent: nothing left to retry in
-            raise ServiceError(504, "deadline_exceeded", f"{endpoint}: {exc}") from exc
+            raise ServiceError(504, "timeout", f"{endpoint}: {exc}") from exc
         except requests.RequestException as exc:  # refused or reset: a restart, a new pod
             raise ServiceError(503, "unavailable", f"{endpoint}: {exc}", retryable=True) from exc
         if resp.status_code != 200:
@@ -77,6 +78,7 @@ class RestTransport:
                 retry_after=retry_after_s(resp.headers.get("Retry-After")),
             )
             error.retryable = resp.status_code in RETRY_STATUSES or error.message == WORKER_DIED
+            error.server_id = resp.headers.get(REQUEST_ID_HEADER)  # TorchServe's own id
             raise error
         content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         return Colorized(resp.content, content_type or sniff_content_type(resp.content))

@@ -71,7 +71,7 @@ def call_with_retries(
         left = deadline - clock()
         try:
             if left <= 0:
-                raise ServiceError(504, "deadline_exceeded", f"no answer within {timeout:g} s")
+                raise ServiceError(504, "timeout", f"no answer within {timeout:g} s")
             return call(left)
         except ServiceError as exc:
             if not exc.retryable or (policy.attempts is not None and attempt >= policy.attempts):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import shutil
 import subprocess
@@ -71,16 +72,44 @@ def model_config(profile: str) -> dict:
     return profiles[profile]
 
 
+def job_queue_size(deadline_s: float, photos_per_s: float) -> int:
+    """TorchServe's ``jobQueueSize``: the requests the workers finish within ``deadline_s``
+    at ``photos_per_s`` (at least 1). Raises ValueError for a non-positive input."""
+    if not (deadline_s > 0 and photos_per_s > 0):
+        raise ValueError(
+            f"the queue's deadline_s and photos_per_s must be > 0, got {deadline_s} and "
+            f"{photos_per_s}"
+        )
+    return max(1, math.floor(deadline_s * photos_per_s))
+
+
+def with_queue(config: dict, deadline_s: float | None = None) -> dict:
+    """``config`` (a profile block) with ``jobQueueSize`` derived from its ``queue`` block
+    (``deadline_s``, ``photos_per_s``); ``deadline_s`` overrides the block's deadline."""
+    queue = dict(config.get("queue") or {})
+    if "photos_per_s" not in queue or "deadline_s" not in queue:
+        raise ValueError("the profile's queue block needs deadline_s and photos_per_s")
+    if deadline_s is not None:
+        queue["deadline_s"] = deadline_s
+    size = job_queue_size(float(queue["deadline_s"]), float(queue["photos_per_s"]))
+    return {**config, "queue": queue, "jobQueueSize": size}
+
+
 def build_archive(
-    model: str | Path, out_dir: str | Path, profile: str = "cpu", precision: str | None = None
+    model: str | Path,
+    out_dir: str | Path,
+    profile: str = "cpu",
+    precision: str | None = None,
+    queue_deadline_s: float | None = None,
 ) -> Path:
     """Write ``out_dir/colorizer.mar`` with torch-model-archiver; return its path.
 
-    ``precision``: the handler's precision instead of the profile's (auto, fp32, bf16).
+    ``precision``: the handler's precision instead of the profile's (auto, fp32, bf16);
+    ``queue_deadline_s``: the queue's deadline instead of the profile's (``with_queue``).
     """
     model, out_dir = Path(model), Path(out_dir)
     check_model_file(model)
-    config = model_config(profile)
+    config = with_queue(model_config(profile), queue_deadline_s)
     if precision is not None:
         config["handler"] = {**config.get("handler", {}), "precision": precision}
     handler = handler_path()
@@ -137,10 +166,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "load among those that give fp32's colors; a precision the model cannot run is "
         "refused when the worker starts)",
     )
+    p.add_argument(
+        "--queue-deadline-s",
+        type=float,
+        metavar="SECONDS",
+        help="size TorchServe's job queue to what the workers finish in SECONDS at the "
+        "profile's measured photos/s, instead of the profile's deadline",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = build_archive(args.model, args.out, args.profile, args.precision)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, profile {args.profile})")
+    path = build_archive(args.model, args.out, args.profile, args.precision, args.queue_deadline_s)
+    queue = with_queue(model_config(args.profile), args.queue_deadline_s)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, profile {args.profile}, "
+        f"jobQueueSize {queue['jobQueueSize']}: {queue['queue']['deadline_s']:g} s at "
+        f"{queue['queue']['photos_per_s']:g} photos/s)"
+    )
     return 0

@@ -30,7 +30,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 # Request metadata: REST headers, or gRPC input keys of the same names in lower case
 # (TorchServe 0.12 hands a gRPC handler its input map, never the call's metadata or deadline).
-REQUEST_ID_HEADER = "X-Request-Id"  # the caller's id, echoed; generated when none is sent
+REQUEST_ID_HEADER = "X-Request-Id"  # the caller's id; TorchServe's own id when none is sent
+# TorchServe 0.12's REST frontend sets X-Request-Id on every response to its own id (the
+# handler's headers are overwritten), so a caller's id comes back under this name.
+ECHOED_REQUEST_ID_HEADER = "X-Client-Request-Id"
 TRACEPARENT_HEADER = "traceparent"  # W3C Trace Context; logged and echoed, never required
 DEADLINE_HEADER = "X-Request-Deadline"  # when the caller gives up: Unix time in milliseconds
 MAX_REQUEST_ID_CHARS = 128  # printable ASCII, no spaces

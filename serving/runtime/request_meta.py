@@ -28,12 +28,20 @@ _DEADLINE_MS = (1e12, 1e13)
 
 @dataclass(frozen=True)
 class RequestMeta:
-    """A request's id (always set), the trace context it came with (or None) and when its
-    caller gives up (Unix time in seconds, or None: never)."""
+    """A request's id (always set: the caller's, else the server's), the trace context it
+    came with (or None), when its caller gives up (Unix time in seconds, or None: never)
+    and the server's own id for it (TorchServe's, which its REST responses carry as
+    X-Request-Id; None outside TorchServe)."""
 
     request_id: str
     traceparent: str | None = None
     deadline: float | None = None
+    server_id: str | None = None
+
+    @property
+    def callers_id(self) -> str | None:
+        """The id the caller sent, or None when ``request_id`` is the server's."""
+        return None if self.request_id == self.server_id else self.request_id
 
     @property
     def trace_id(self) -> str | None:

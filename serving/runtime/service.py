@@ -9,8 +9,8 @@ The TorchServe handler, `colorizer pipeline-bench` and the GPU checks all call
 and JSON body of ``errors.error_response`` plus its ``request_id``; a failure of the
 network or the pixel work fails the photos that reached it. A photo whose caller's
 deadline has passed, or would pass before its batch could finish, is answered 504 at
-once and never decoded. Each answer carries the request's id (and trace context) as
-headers, and one log line per request names the id with each stage's seconds. Nothing
+once and never decoded. Each answer echoes the caller's request id and trace context as
+headers, and one log line per request names its ids with each stage's seconds. Nothing
 here knows about TorchServe.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 
 from serving.runtime.constants import (
     CONTENT_TYPES,
+    ECHOED_REQUEST_ID_HEADER,
     EXPIRED_RETRY_AFTER_S,
-    REQUEST_ID_HEADER,
     STAGES,
     TRACEPARENT_HEADER,
 )
@@ -193,20 +193,25 @@ def colorize_requests(
 
 
 def with_meta_headers(answer: Answer, meta: RequestMeta) -> Answer:
-    """``answer`` with the request's id (and its traceparent, when one came) as headers."""
-    headers = {**answer.headers, REQUEST_ID_HEADER: meta.request_id}
+    """``answer`` echoing the caller's id (``ECHOED_REQUEST_ID_HEADER``) and traceparent,
+    when they came."""
+    headers = dict(answer.headers)
+    if meta.callers_id is not None:
+        headers[ECHOED_REQUEST_ID_HEADER] = meta.callers_id
     if meta.traceparent is not None:
         headers[TRACEPARENT_HEADER] = meta.traceparent
     return replace(answer, headers=headers)
 
 
 def log_answers(metas: list[RequestMeta], answers: list[Answer], seconds: dict) -> None:
-    """One line per request: its id, trace id, status and the batch's seconds per stage."""
+    """One line per request: its id, the server's id, trace id, status and the batch's
+    seconds per stage."""
     stages = " ".join(f"{stage}={seconds[stage]:.4f}" for stage in STAGES if stage in seconds)
     for meta, answer in zip(metas, answers, strict=True):
         log.info(
-            "request_id=%s trace_id=%s status=%d error=%s batch=%d %s",
+            "request_id=%s server_id=%s trace_id=%s status=%d error=%s batch=%d %s",
             meta.request_id,
+            meta.server_id or "-",
             meta.trace_id or "-",
             answer.status,
             answer.error or "-",

@@ -104,15 +104,16 @@ def test_a_callers_request_id_and_traceparent_come_back_unchanged(harness, photo
         request(param("data", photo), headers=headers),
         request(param("data", b"junk"), headers={"X-Request-Id": "caller-8"}),
     )
-    assert ok.status == 200 and ok.headers["X-Request-Id"] == "caller-7"
+    assert ok.status == 200 and ok.headers["X-Client-Request-Id"] == "caller-7"
     assert ok.headers["traceparent"] == TRACEPARENT
-    assert bad.status == 400 and bad.headers["X-Request-Id"] == "caller-8"
+    assert bad.status == 400 and bad.headers["X-Client-Request-Id"] == "caller-8"
     assert bad.json()["request_id"] == "caller-8" and "traceparent" not in bad.headers
 
 
-def test_without_an_id_a_request_carries_torchserves_own(harness, photo):
-    (resp,) = harness.run(request(param("data", photo)))
-    assert resp.headers["X-Request-Id"] == "r0"  # the requestId TorchServe gave the batch
+def test_without_an_id_a_request_goes_by_torchserves_own(harness):
+    (resp,) = harness.run(request(param("data", b"junk")))
+    assert resp.json()["request_id"] == "r0"  # the requestId TorchServe gave the request
+    assert "X-Client-Request-Id" not in resp.headers  # TorchServe sets X-Request-Id itself
 
 
 def test_an_unusable_id_or_deadline_fails_the_request_under_torchserves_id(harness, photo):
@@ -191,5 +192,6 @@ def test_each_request_logs_its_id_with_every_stage(harness, photo, caplog):
         )
     lines = [r.getMessage() for r in caplog.records if "request_id=logged-1" in r.getMessage()]
     assert len(lines) == 1
-    assert "trace_id=4bf92f3577b34da6a3ce929d0e0e4736" in lines[0] and "status=200" in lines[0]
+    assert "server_id=r0" in lines[0] and "status=200" in lines[0]
+    assert "trace_id=4bf92f3577b34da6a3ce929d0e0e4736" in lines[0]
     assert all(f"{stage}=" in lines[0] for stage in STAGES)

@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from serving.cli import main as cli
-from serving.launcher.archive import build_archive, runtime_files
+from serving.launcher.archive import (
+    build_archive,
+    job_queue_size,
+    model_config,
+    runtime_files,
+    with_queue,
+)
 
 RUNTIME_MODULES = {
     "colorspace",
@@ -106,3 +112,29 @@ def test_archive_command(model, tmp_path, capsys):
     assert cli(["archive", "--model", str(model), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "colorizer.mar").is_file()
     assert "colorizer.mar" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_the_job_queue_holds_the_profiles_deadline_of_work(profile):
+    queue = model_config(profile)["queue"]
+    config = with_queue(model_config(profile))
+    assert config["jobQueueSize"] == int(queue["deadline_s"] * queue["photos_per_s"])
+    assert "clientTimeoutInMills" not in config  # off: it drops jobs without an answer
+
+
+def test_the_queue_size_is_deadline_times_rate_and_at_least_one():
+    assert job_queue_size(10, 10) == 100 and job_queue_size(2.5, 7) == 17
+    assert job_queue_size(0.01, 1) == 1
+    for bad in ((0, 10), (10, 0), (-1, 5)):
+        with pytest.raises(ValueError, match="must be > 0"):
+            job_queue_size(*bad)
+
+
+def test_the_archive_command_sizes_the_queue_for_another_deadline(model, tmp_path, capsys):
+    argv = ["archive", "--model", str(model), "--out", str(tmp_path), "--queue-deadline-s", "3"]
+    assert cli(argv) == 0
+    with zipfile.ZipFile(tmp_path / "colorizer.mar") as zf:
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+    rate = model_config("cpu")["queue"]["photos_per_s"]
+    assert config["jobQueueSize"] == int(3 * rate) and config["queue"]["deadline_s"] == 3
+    assert f"jobQueueSize {int(3 * rate)}: 3 s at" in capsys.readouterr().out

@@ -166,3 +166,15 @@ def test_the_servers_request_id_is_read_from_an_error_body():
     body = b'{"error": "deadline_exceeded", "message": "late", "request_id": "abc"}'
     error = error_from_body(504, body)
     assert error.kind == "deadline_exceeded" and error.request_id == "abc"
+
+
+def test_colorize_prints_each_failures_request_id(tmp_path, capsys):
+    from serving.cli import main as cli
+
+    (port,) = free_ports(1)
+    src = tmp_path / "a.png"
+    src.write_bytes(encode(synthetic_photo(8, 8), "PNG"))
+    argv = ["colorize", str(src), "-o", str(tmp_path / "out"), "--timeout", "1"]
+    assert cli([*argv, "--url", f"http://127.0.0.1:{port}"]) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("FAILED")]
+    assert str(src) in line and "(request id " in line
