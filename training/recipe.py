@@ -16,8 +16,7 @@ TRAIN_PHOTOS = "training/datasets/photos/train"
 VAL_PHOTOS = "training/datasets/photos/val"
 
 # The decoding is tuned to reach this colorfulness ratio (colorfulness / the truth's) on val:
-# issue #13's floor. At 0.5 the tuner gave up colour for PSNR (model card, "Why these
-# choices").
+# issue #13's floor (model card, "Why these choices").
 MIN_COLORFULNESS_RATIO = 0.60
 
 # `colorizer train` options of each member (model_store/default/MODEL_CARD.md, "Reproduce").

@@ -372,7 +372,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--host",
         default=LOOPBACK,
         help="address for REST, gRPC and metrics (default 127.0.0.1; 0.0.0.0 for all: "
-        "there is no token auth, see README 'Authorization')",
+        "there is no token auth, see serving/API.md 'Authorization')",
     )
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
