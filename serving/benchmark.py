@@ -25,6 +25,13 @@ each size's two runs back to back, and prints baseline / new per stage. Each row
 gives the network's achieved GFLOP/s (FLOPs counted once per file with
 ``torch.utils.flop_counter``).
 
+With ``--write-doc FILE`` (serving/BENCHMARKS.md) the run's tables also go into FILE as this
+machine's section, between ``<!-- bench:BEGIN KEY -->`` and ``<!-- bench:END KEY -->``: the
+same machine's earlier section is replaced in place, a new machine's is appended after the
+last generated section, and the rest of FILE is kept byte for byte. Its heading names the
+machine (CPU model, cores, AMX; or the CUDA device), torch version and date; the line under
+it, the command.
+
 Timings on a shared machine are noisy: read the ratios, which come from one run.
 Run it with the threads the server uses, e.g. ``OMP_NUM_THREADS=1 colorizer pipeline-bench``.
 """
@@ -34,12 +41,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serving.runtime.constants import PRECISIONS
@@ -51,6 +64,12 @@ DEFAULT_SIZES = (0.25, 1.0, 12.0, 40.0)
 STAGES = ("decode", "prepare", "network", "finish", "encode")
 SERVED_SIZE = 512
 GIB = 1 << 30
+# --write-doc: each machine's generated section sits between these two lines (KEY: Machine.key).
+DOC_BEGIN = "<!-- bench:BEGIN {key} -->"
+DOC_END = "<!-- bench:END {key} -->"
+# Environment the recorded command line starts with, where set: it changes the timings.
+COMMAND_ENV = ("OMP_NUM_THREADS",)
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def photo_shape(megapixels: float) -> tuple[int, int]:
@@ -430,12 +449,221 @@ def report(results: dict) -> str:
     return "\n".join(rows)
 
 
-def _machine() -> str:
+# --- The document: one generated section per machine ----------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run was measured on: the CPU by name, its cores and AMX, and the CUDA device the
+    network ran on (None on a CPU run)."""
+
+    cpu: str
+    cores: int
+    amx: bool
+    gpu: str | None = None
+
+    @property
+    def title(self) -> str:
+        """How a heading names it, e.g. "AMD EPYC, 2 cores, no AMX"."""
+        host = f"{self.cpu}, {self.cores} cores, {'AMX' if self.amx else 'no AMX'}"
+        return host if self.gpu is None else f"{self.gpu} (host: {host})"
+
+    @property
+    def key(self) -> str:
+        """What the markers of its section carry: ``slug(self.title)``."""
+        return slug(self.title)
+
+
+def slug(text: str) -> str:
+    """``text`` lower-cased, each run of other characters than a-z and 0-9 one hyphen, none
+    at either end: "AMD EPYC, 2 cores, no AMX" -> "amd-epyc-2-cores-no-amx". It never holds
+    "--", which would end an HTML comment."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cpu_model(cpuinfo: str) -> str:
+    """The first ``model name`` in the text of /proc/cpuinfo; "unknown CPU" when none."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "model name" and value.strip():
+            return value.strip()
+    return "unknown CPU"
+
+
+def has_amx(cpuinfo: str) -> bool:
+    """True when a ``flags`` line of /proc/cpuinfo's text names an AMX feature (amx_*)."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags" and any(f.startswith("amx") for f in value.split()):
+            return True
+    return False
+
+
+def this_machine(device: str) -> Machine:
+    """This machine as ``Machine``; ``device`` is the run's ("cpu", "cuda:0", or "?" when no
+    size ran): a CUDA one is named by ``torch.cuda.get_device_name``."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return "unknown CPU"
+        cpuinfo = CPUINFO.read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(device)
+    return Machine(cpu_model(cpuinfo), os.cpu_count() or 1, has_amx(cpuinfo), gpu)
+
+
+def command_line(argv: Sequence[str], environ: Mapping[str, str], module: str | None) -> str:
+    """The shell command that ran this process, quoted: the ``COMMAND_ENV`` settings that are
+    set, then the program and ``argv[1:]``. The program is ``argv[0]``'s file name
+    (``colorizer``), or ``python -m MODULE`` when ``argv[0]`` is a .py file run as ``module``."""
+    if argv[0].endswith(".py") and module:
+        program = ["python", "-m", module]
+    else:
+        program = [Path(argv[0]).name]
+    settings = [f"{name}={environ[name]}" for name in COMMAND_ENV if name in environ]
+    return " ".join([*settings, shlex.join([*program, *argv[1:]])])
+
+
+def _row(cells: Sequence[str]) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_tables(results: dict) -> str:
+    """The run's results (``run``'s dict) as Markdown: one line naming the model(s), the
+    in-process table per size (median ms per stage, peak RSS growth, rest / network, the
+    network's GFLOP/s, and the ratio rows), and the throughput table when ``--parallel``
+    ran."""
+    runs = {run["path"]: run for size in results["sizes"] for run in size["runs"]}
+    models = "; ".join(
+        f"{path}: `{run['model']}` on {run['device']} in {run['dtype']}"
+        f"{', frozen' if run.get('frozen') else ''}, {run['network_gflop']:.2f} GFLOP per "
+        "network forward"
+        for path, run in runs.items()
+    )
+    lines = [
+        f"{models or 'no photo sizes run'}. {results['threads']} torch thread(s), load "
+        f"{results['load']} at the start; median ms of {results['repeats']} run(s) per size, "
+        "peak = RSS growth in the first.",
+    ]
+    columns = (*STAGES, "whole")
+    if results["sizes"]:
+        head = ["photo", "path", *STAGES, "whole ms", "peak", "rest / network", "GFLOP/s"]
+        lines += ["", _row(head), _row(["---"] * len(head))]
+    for size in results["sizes"]:
+        label = size["label"]
+        for run in size["runs"]:
+            ms = run["ms"]
+            rest = (ms["whole"] - ms["network"]) / ms["network"]
+            gflops = run["network_gflop"] / (ms["network"] / 1e3)
+            cells = [label, run["path"], *(f"{ms[s]:,.0f}" for s in columns)]
+            cells += [_fmt_bytes(run["peak_rss_growth_bytes"]), f"{rest:.1f}", f"{gflops:.1f}"]
+            lines.append(_row(cells))
+            label = ""
+        for name, key in (("base / new", "baseline_over_new"), ("ref / new", "reference_over_new")):
+            if key in size:
+                ratio = size[key]
+                peak = ratio.get("peak")
+                peak_cell = "" if peak is None else f"{peak:.1f}" if math.isfinite(peak) else "n/a"
+                cells = ["", name, *(f"{ratio[s]:.2f}" for s in columns), peak_cell, "", ""]
+                lines.append(_row(cells))
+    if "in_process_img_s" in results:
+        side, cores = results["served_size"], results["cores"]
+        before, after = results["in_process_img_s_before_after"]
+        around = f" (before / after the served runs: {before:.1f} / {after:.1f})"
+        head = [f"{side}x{side} JPEG", "img/s", "/ in-process"]
+        head += [f"img/s on {cores} dedicated cores, from CPU time", "/ in-process, from CPU time"]
+        lines += ["", _row(head), _row(["---"] * len(head))]
+        lines.append(
+            _row(
+                [
+                    f"{results['parallel']} in-process pipelines",
+                    f"{results['in_process_img_s']:.1f}{around if results['served'] else ''}",
+                    "",
+                    f"{results['in_process_img_s_on_dedicated_cores']:.1f}",
+                    "",
+                ]
+            )
+        )
+        for row in results.get("served", []):
+            cells = [f"served {row['protocol']}, {row['concurrency']} in flight"]
+            cells += [f"{row['img_s']:.1f}", f"{row['over_in_process']:.2f}", "", ""]
+            if "img_s_on_dedicated_cores" in row:
+                cells[3] = f"{row['img_s_on_dedicated_cores']:.1f}"
+                cells[4] = f"{row['over_in_process_on_dedicated_cores']:.2f}"
+            lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a generated section's tables were measured."""
+
+    machine: Machine
+    torch: str  # torch.__version__
+    when: str  # UTC, e.g. "2026-12-03 05:10 UTC"
+    command: str  # command_line()
+
+
+def render_section(provenance: Provenance, tables: str) -> str:
+    """One machine's section, markers excluded: a heading naming the machine, torch version and
+    date, the command on the line under it, then ``tables``."""
+    return (
+        f"### Machine: {provenance.machine.title}; torch {provenance.torch}; {provenance.when}"
+        f"\n\nCommand: `{provenance.command}`\n\n{tables.strip()}\n"
+    )
+
+
+def _marker_lines(document: str, marker: str) -> list[re.Match]:
+    """The lines of ``document`` that are exactly ``marker`` (a mention inside prose is not)."""
+    return list(re.finditer(rf"^{re.escape(marker)}$", document, re.MULTILINE))
+
+
+def replace_section(document: str, key: str, section: str) -> str:
+    """``document`` with machine ``key``'s section between its markers set to ``section``.
+
+    A marker is a line of its own. An existing ``DOC_BEGIN``/``DOC_END`` pair for ``key`` is
+    replaced in place; without one, the new pair goes after the last ``bench:END`` line of any
+    machine (at the end when there is none), a blank line before it. Every other byte of
+    ``document`` is kept. Raises ValueError unless ``key``'s markers appear once each, BEGIN
+    first, or not at all.
+    """
+    begin, end = DOC_BEGIN.format(key=key), DOC_END.format(key=key)
+    block = f"{begin}\n{section.rstrip()}\n{end}"
+    begins, ends = _marker_lines(document, begin), _marker_lines(document, end)
+    if len(begins) == len(ends) == 1 and begins[0].start() < ends[0].start():
+        return document[: begins[0].start()] + block + document[ends[0].end() :]
+    if begins or ends:
+        raise ValueError(
+            f"{key}: expected one line {begin!r} followed by one line {end!r}, or neither; "
+            f"found {len(begins)} BEGIN and {len(ends)} END"
+        )
+    prefix, _, suffix = DOC_END.partition("{key}")
+    any_end = rf"^{re.escape(prefix)}\S+{re.escape(suffix)}$"
+    ends = list(re.finditer(any_end, document, re.MULTILINE))
+    if not ends:
+        separator = "" if not document else "\n" if document.endswith("\n") else "\n\n"
+        return f"{document}{separator}{block}\n"
+    at = ends[-1].end()
+    if at == len(document):  # the marker ends the document
+        return f"{document}\n\n{block}\n"
+    return f"{document[: at + 1]}\n{block}\n{document[at + 1 :]}"
+
+
+def write_doc(path: Path, results: dict, command: str) -> Machine:
+    """Write the run's tables into ``path`` (created when missing) as this machine's section
+    (``replace_section``); -> the machine it was keyed by."""
+    import torch
+
+    machine = this_machine(results["device"])
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    provenance = Provenance(machine, torch.__version__, when, command)
+    section = render_section(provenance, markdown_tables(results))
+    document = path.read_text() if path.exists() else ""
+    path.write_text(replace_section(document, machine.key, section))
+    return machine
 
 
 def run(args: argparse.Namespace) -> int:
@@ -445,10 +673,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(measure_size(args)))
         return 0
     results: dict = {
-        "cpu": _machine(),
+        "cpu": this_machine("cpu").cpu,
         "cores": os.cpu_count(),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "threads": args.threads,
+        "repeats": args.repeats,
         "sizes": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -510,6 +739,11 @@ def run(args: argparse.Namespace) -> int:
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.write_doc:
+        main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+        command = command_line(sys.argv, os.environ, getattr(main_spec, "name", None))
+        machine = write_doc(args.write_doc, results, command)
+        print(f"wrote the section {machine.key!r} of {args.write_doc}")
     return 0
 
 
@@ -580,6 +814,14 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         "CPU seconds per image (a load-independent throughput on dedicated cores)",
     )
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--write-doc",
+        type=Path,
+        metavar="MARKDOWN",
+        help="also write the tables into this Markdown file (serving/BENCHMARKS.md) as this "
+        "machine's section between bench:BEGIN/END markers: replaces its earlier section, "
+        "or appends one for a new machine",
+    )
     # Internal: one size in a child process.
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--photo", help=argparse.SUPPRESS)
