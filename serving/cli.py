@@ -15,6 +15,8 @@ import logging
 import sys
 
 # command -> (module that owns it, one-line help), in the order `colorizer --help` lists them.
+# The client install (pyproject's base dependencies) runs `colorize` only; each other
+# command's module needs the extra that EXTRA_OF_COMMAND names.
 COMMANDS = {
     "synth": ("training.synth", "write a learnable synthetic colorization data set"),
     "train": ("training.train", "train the colorization network"),
@@ -49,6 +51,40 @@ COMMANDS = {
 }
 
 
+EXTRA_OF_COMMAND = {
+    "synth": "train",
+    "train": "train",
+    "export": "train",
+    "tune-decoding": "train",
+    "evaluate": "train",
+    "train-bench": "train",
+    "archive": "launcher",
+    "serve": "launcher",
+    "stop": "launcher",
+    "bench": "bench",
+    "pipeline-bench": "runtime",
+}
+
+
+class MissingExtra(Exception):
+    """A command's module needs a package this install lacks; the message says which extra."""
+
+
+def import_command(command: str):
+    """The module that owns ``command``; MissingExtra when its extra is not installed."""
+    module = COMMANDS[command][0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in ("serving", "training", "handlers"):
+            raise
+        extra = EXTRA_OF_COMMAND.get(command, "dev")
+        raise MissingExtra(
+            f"`colorizer {command}` needs {exc.name.split('.')[0]}, which this install lacks; "
+            f"install the '{extra}' extra (pip install 'colorizer[{extra}]')"
+        ) from exc
+
+
 def chosen_command(argv: list[str]) -> str | None:
     """The subcommand named on the command line (the first known word), if any."""
     return next((word for word in argv if word in COMMANDS), None)
@@ -67,7 +103,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name in sub.choices:  # registered by its module, beside `command`
             continue
         if module == wanted:
-            importlib.import_module(module).add_parser(sub)
+            import_command(command).add_parser(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser
@@ -75,7 +111,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(chosen_command(argv)).parse_args(argv)
+    try:
+        args = build_parser(chosen_command(argv)).parse_args(argv)
+    except MissingExtra as exc:
+        print(f"colorizer: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

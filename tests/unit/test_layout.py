@@ -20,6 +20,7 @@ RUNTIME = [
     "serving.runtime.nvjpeg",
     "serving.runtime.pipeline",
     "serving.runtime.precision",
+    "serving.runtime.request_meta",
     "serving.runtime.service",
 ]
 NOT_IN_RUNTIME = (
@@ -54,16 +55,20 @@ def test_the_runtime_imports_no_training_client_or_launcher_code():
     assert offenders(modules, NOT_IN_RUNTIME) == []
 
 
-def test_the_client_loads_neither_torch_nor_training():
-    modules = loaded_after("import serving.client, serving.client.rest, serving.client.colorize")
-    assert offenders(modules, ("torch", "training", "serving.launcher", "timm")) == []
+def test_the_client_loads_neither_torch_nor_numpy_nor_training():
+    modules = loaded_after(
+        "import serving.client, serving.client.rest, serving.client.grpc_transport, "
+        "serving.client.colorize"
+    )
+    forbidden = ("torch", "numpy", "PIL", "ts", "training", "serving.launcher", "timm")
+    assert offenders(modules, forbidden) == []
 
 
 @pytest.mark.parametrize(
     ("argv", "forbidden"),
     [
         (["archive", "--help"], ("training", "serving.client", "timm", "grpc")),
-        (["colorize", "--help"], ("training", "serving.launcher", "torch")),
+        (["colorize", "--help"], ("training", "serving.launcher", "torch", "numpy", "PIL")),
         (["--help"], ("training", "serving.launcher", "serving.client", "torch")),
     ],
 )
