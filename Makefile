@@ -34,6 +34,7 @@ protos: venv
 # the gRPC stubs built in; `pip install` of it pulls requests, grpcio, protobuf and tqdm only
 # (no torch), on Python 3.10-3.13.
 client-wheel: protos
+	rm -rf build  # setuptools would pack stale copies of removed modules from it
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	@ls dist/colorizer-*.whl
 

@@ -6,6 +6,7 @@ wheel for Python 3.10, 3.12 and 3.13 (binary wheels only, without installing).""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -30,6 +31,7 @@ def run(*argv: str | Path, **kwargs) -> subprocess.CompletedProcess:
 def wheel(tmp_path_factory) -> Path:
     """The client wheel, built as `make client-wheel` builds it (stubs from `make protos`)."""
     assert (REPO / "protos" / "generated" / "inference_pb2.py").is_file(), "run `make protos`"
+    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools would reuse stale copies
     out = tmp_path_factory.mktemp("wheel")
     built = run(
         sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

@@ -47,7 +47,7 @@ POD = "colorizer-test-0"  # the pod label the ServiceMonitor would give the test
 # Grafana's interval variables, as Grafana would fill them for a 1 s scrape interval.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "5s"}
 SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{")
-QUEUE_BURST = 250  # concurrent requests: more than job_queue_size (100) + 2 workers x batch 4
+QUEUE_BURST = 250  # concurrent requests: more than the cpu profile's jobQueueSize (100) + 2 workers
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
