@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PROTOCOLS = ("rest", "grpc")
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+ERROR_KEYS = {"error", "message", "request_id"}  # every refusal's JSON body
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,8 @@ def test_bad_input_bodies_on_the_wire(server, stubs, bad_inputs):
         resp = requests.post(endpoint, files={"data": body}, data=fields, timeout=60)
         assert resp.status_code == status, name
         assert resp.headers["Content-Type"] == "application/json", name
-        assert set(resp.json()) == {"error", "message"} and resp.json()["error"] == kind, name
+        assert set(resp.json()) == ERROR_KEYS and resp.json()["error"] == kind, name
+        assert resp.json()["request_id"] == resp.headers["X-Request-Id"], name  # TorchServe's
     # A plain stub generated from TorchServe's proto: a request refused alone ends with a
     # real status; its message is the JSON body (TorchServe appends a line of its own).
     limits = [("grpc.max_send_message_length", 100 << 20)]
@@ -195,7 +197,7 @@ def test_bad_input_bodies_on_the_wire(server, stubs, bad_inputs):
                 inference.Predictions(request, timeout=60)
             assert refused.value.code().name == GRPC_CODE_FOR_HTTP[status], name
             message = json.loads(refused.value.details().split("\n")[0])
-            assert set(message) == {"error", "message"} and message["error"] == kind, name
+            assert set(message) == ERROR_KEYS and message["error"] == kind, name
 
 
 def test_grpc_bad_requests_batched_with_good_ones(server, stubs, photo):
