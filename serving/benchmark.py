@@ -52,7 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from serving.runtime.constants import PRECISIONS
@@ -658,7 +658,7 @@ def write_doc(path: Path, results: dict, command: str) -> Machine:
     import torch
 
     machine = this_machine(results["device"])
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     provenance = Provenance(machine, torch.__version__, when, command)
     section = render_section(provenance, markdown_tables(results))
     document = path.read_text() if path.exists() else ""

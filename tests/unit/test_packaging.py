@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -34,6 +34,8 @@ CLIENT_FILES = (
     "serving/runtime/request_meta.py",
     "protos/__init__.py",
 )
+# Everything the distribution packages (requires-python holds for all of it).
+PACKAGED = ("serving", "handlers", "training", "protos")
 HEAVY = ("torch", "torchvision", "numpy", "pillow", "torchserve", "torch-model-archiver", "timm")
 
 
@@ -53,14 +55,30 @@ def test_the_client_admits_python_3_10_to_3_13():
     assert all(admitted.contains(version) for version in CLIENT_PYTHONS)
 
 
-def test_the_clients_code_needs_no_python_newer_than_3_10():
-    """vermin reads the code for syntax and standard-library use newer than 3.10."""
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "vermin"), "-t=3.10-", "--no-tips", "--eval-annotations",
-         "--violations", *CLIENT_FILES],
+def vermin_310(*paths: str) -> subprocess.CompletedProcess:
+    """vermin on ``paths``: syntax and standard-library use newer than Python 3.10 fail it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "vermin"), "-t=3.10-", "--no-tips",
+         "--eval-annotations", "--violations", *paths],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
+
+
+def test_the_clients_code_needs_no_python_newer_than_3_10():
+    done = vermin_310(*CLIENT_FILES)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_nothing_packaged_needs_a_python_newer_than_requires_python():
+    done = vermin_310(*PACKAGED)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_version_check_can_fail(tmp_path):
+    newer = tmp_path / "newer.py"
+    newer.write_text("import tomllib\nfrom datetime import UTC\n")
+    done = vermin_310(str(newer))
+    assert done.returncode != 0 and "tomllib" in done.stdout
 
 
 def test_every_command_but_colorize_names_an_extra_that_exists():
