@@ -137,16 +137,15 @@ def grpc_batch_failure(context: Any, answers: list[Answer]) -> tuple[int, bytes]
     a different error. The body names the request's id, or, for several, all their ids
     (``request_ids``).
     """
-    errors = set()
     for idx, answer in enumerate(answers):
         if answer.status < 400 or not is_grpc(context, idx):
             return None
-        body = json.loads(answer.body)
-        errors.add((answer.status, body["error"], body["message"]))
+    bodies = [json.loads(answer.body) for answer in answers]
+    errors = {(a.status, b["error"], b["message"]) for a, b in zip(answers, bodies, strict=True)}
     if len(errors) != 1:
         return None
     status, kind, message = errors.pop()
-    ids = [json.loads(answer.body)["request_id"] for answer in answers]
+    ids = [body["request_id"] for body in bodies]
     named = {"request_id": ids[0]} if len(ids) == 1 else {"request_ids": ids}
     body = {"error": kind, "message": message, **named}
     return status, json.dumps(body).encode("utf-8")

@@ -25,15 +25,12 @@ from PIL import Image, ImageOps
 
 from serving.client.base import DEFAULT_URL, ServiceError
 from serving.client.retry import NO_RETRY
-from serving.client.sdk import ColorizerClient
+from serving.client.sdk import ColorizerClient, call_meta
 from serving.runtime.constants import (
-    DEADLINE_HEADER,
     GRPC_PORT,
     METRICS_PORT,
     OUTPUT_FORMATS,
-    REQUEST_ID_HEADER,
 )
-from serving.runtime.request_meta import deadline_header_value, new_request_id
 
 DEFAULT_GRPC = f"127.0.0.1:{GRPC_PORT}"
 DEFAULT_METRICS = f"http://127.0.0.1:{METRICS_PORT}/metrics"
@@ -189,15 +186,16 @@ def one_impatient_call(
     client: ColorizerClient, image: bytes, deadline_s: float, send_deadline: bool
 ) -> str:
     """One REST call that gives up after ``deadline_s``: -> its outcome (``BurstResult``)."""
-    meta = {REQUEST_ID_HEADER: new_request_id()}
-    if send_deadline:
-        meta[DEADLINE_HEADER] = deadline_header_value(time.time() + deadline_s)
+    meta = call_meta(None, time.time() + deadline_s if send_deadline else None)
     start = time.monotonic()
     try:
         client.transport.colorize(image, {}, deadline_s, meta)
     except ServiceError as exc:
-        outcome = {503: "refused", 504: "expired" if exc.kind == "deadline_exceeded" else ""}
-        return outcome.get(exc.status) or ("gave_up" if exc.kind == "timeout" else "other")
+        if exc.status == 503:
+            return "refused"
+        if exc.kind == "deadline_exceeded":  # the server's 504: skipped, not colorized
+            return "expired"
+        return "gave_up" if exc.kind == "timeout" else "other"
     return "in_time" if time.monotonic() - start <= deadline_s else "gave_up"
 
 

@@ -16,6 +16,20 @@ from serving.runtime.constants import (
 from serving.runtime.request_meta import deadline_header_value, new_request_id
 
 
+def call_meta(
+    request_id: str | None, deadline: float | None, traceparent: str | None = None
+) -> dict[str, str]:
+    """What a call sends beside the photo (REST headers; gRPC input keys, lower-cased by
+    the transport): its id (``request_id``, else a new one), its deadline (Unix seconds;
+    None: none sent) and its trace context (None: none sent)."""
+    meta = {REQUEST_ID_HEADER: request_id or new_request_id()}
+    if deadline is not None:
+        meta[DEADLINE_HEADER] = deadline_header_value(deadline)
+    if traceparent:
+        meta[TRACEPARENT_HEADER] = traceparent
+    return meta
+
+
 class ColorizerClient:
     """Colorize photos over REST (``url``) or gRPC (``grpc_target``): give exactly one.
 
@@ -76,12 +90,7 @@ class ColorizerClient:
         deadline.
         """
         options = {k: str(v) for k, v in (("format", fmt), ("quality", quality)) if v is not None}
-        meta = {
-            REQUEST_ID_HEADER: request_id or new_request_id(),
-            DEADLINE_HEADER: deadline_header_value(time.time() + self.timeout),
-        }
-        if traceparent:
-            meta[TRACEPARENT_HEADER] = traceparent
+        meta = call_meta(request_id, time.time() + self.timeout, traceparent)
         try:
             return call_with_retries(
                 lambda left: self.transport.colorize(image, options, left, meta),

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving.runtime.constants import EXPIRED_RETRY_AFTER_S
+
 
 class ColorizerError(Exception):
-    """Base class: a request the service refuses, with its status."""
+    """Base class: a request the service refuses, with its status, and the seconds a
+    caller should wait before trying again (``Retry-After``; None: not worth a retry)."""
 
     kind = "internal"
     http_status = 500
+    retry_after_s: int | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {"error": self.kind, "message": str(self)}
@@ -56,6 +60,7 @@ class DeadlineExceeded(ColorizerError):
 
     kind = "deadline_exceeded"
     http_status = 504
+    retry_after_s = EXPIRED_RETRY_AFTER_S
 
 
 # HTTP status -> gRPC status code, the same as TorchServe 0.12's own table

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from serving.runtime.constants import (
     CONTENT_TYPES,
     ECHOED_REQUEST_ID_HEADER,
-    EXPIRED_RETRY_AFTER_S,
     STAGES,
     TRACEPARENT_HEADER,
 )
@@ -90,9 +89,10 @@ def failure(exc: BaseException, meta: RequestMeta) -> Answer:
     unexpected errors are logged."""
     status, body = error_response(exc)
     body["request_id"] = meta.request_id
+    retry_after = exc.retry_after_s if isinstance(exc, ColorizerError) else None
     if not isinstance(exc, ColorizerError):
         log.error("request %s failed unexpectedly", meta.request_id, exc_info=exc)
-    headers = {"Retry-After": str(EXPIRED_RETRY_AFTER_S)} if status == 504 else {}
+    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
     return Answer(
         status, json.dumps(body).encode("utf-8"), JSON_CONTENT_TYPE, body["error"], headers
     )
