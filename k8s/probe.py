@@ -8,6 +8,11 @@ can: each worker is "UNLOADING" until its model is loaded, then "READY". The man
 API listens on loopback only, which an exec probe reaches and nothing outside the pod
 does. Its address comes from the same config.properties TorchServe reads.
 
+With ``--live`` it asks instead whether the frontend answers at all: its metrics
+endpoint (``metrics_address``, loopback), which the JVM serves whatever its workers'
+state. That is the liveness probe: TorchServe listens on loopback only, behind the
+pod's front containers, where a kubelet httpGet cannot reach it.
+
 Standard library only: it starts every few seconds and must stay cheap.
 """
 
@@ -22,14 +27,21 @@ DEFAULT_CONFIG = "serving/config.properties"  # relative to the image's WORKDIR
 DEFAULT_MODEL = "colorizer"
 
 
-def management_url(config_path: str) -> str:
-    """``management_address`` of a TorchServe config.properties."""
+def config_url(config_path: str, key: str = "management_address") -> str:
+    """An address (``management_address``, ``metrics_address``) of a TorchServe
+    config.properties."""
     with open(config_path, encoding="utf-8") as f:
         for line in f:
-            key, sep, value = line.strip().partition("=")
-            if sep and key.strip() == "management_address":
+            name, sep, value = line.strip().partition("=")
+            if sep and name.strip() == key:
                 return value.strip().rstrip("/")
-    raise KeyError(f"no management_address in {config_path}")
+    raise KeyError(f"no {key} in {config_path}")
+
+
+def frontend_answers(url: str, timeout: float) -> bool:
+    """Whether TorchServe's metrics endpoint at ``url`` answers 200."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
+        return resp.status == 200
 
 
 def ready_workers(url: str, model: str, timeout: float) -> int:
@@ -44,9 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TorchServe config.properties")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds for the HTTP call")
+    p.add_argument("--live", action="store_true", help="only: does the frontend answer at all")
     args = p.parse_args(argv)
+    if args.live:
+        try:
+            alive = frontend_answers(config_url(args.config, "metrics_address"), args.timeout)
+        except Exception as exc:  # any failure means "not alive"
+            print(f"not alive: {exc}", file=sys.stderr)
+            return 1
+        return 0 if alive else 1
     try:
-        n = ready_workers(management_url(args.config), args.model, args.timeout)
+        n = ready_workers(config_url(args.config), args.model, args.timeout)
     except Exception as exc:  # any failure means "not ready"
         print(f"not ready: {exc}", file=sys.stderr)
         return 1

@@ -1,9 +1,12 @@
-"""`colorizer serve` and `colorizer stop`: run TorchServe with the repo's configuration.
+"""`colorizer serve` and `colorizer stop`: run TorchServe behind its front, with the repo's
+configuration.
 
 ``serve`` writes this run's config.properties (``serving/launcher/config.properties`` with the
-ports, bind address and paths of the run), starts TorchServe in a session of its own,
-waits until ``/ping`` is healthy and the model's workers are READY, and prints the
-endpoints. Everything the run writes (config, logs, pid file, TorchServe's temp dir)
+ports and paths of the run) and nginx.conf (``serving/front/nginx.conf`` with the run's
+ports and bind address), starts TorchServe on loopback and the front before it (nginx for
+REST and metrics, ``serving.front.grpc_front`` for gRPC), each in a session of its own,
+waits until ``/ping`` through the front is healthy and the model's workers are READY,
+and prints the endpoints. Everything the run writes (config, logs, pid file, TorchServe's temp dir)
 lives in the state folder (default ``.serve/`` in the current directory), which
 ``stop`` reads to end exactly the processes this run started.
 """
@@ -19,13 +22,17 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
 
+from serving.front import nginx
 from serving.runtime.constants import (
+    BACKEND_GRPC_PORT,
+    BACKEND_HTTP_PORT,
+    BACKEND_METRICS_PORT,
     CANNOT_START,
     GRPC_MANAGEMENT_PORT,
     GRPC_PORT,
@@ -44,6 +51,7 @@ DEFAULT_STATE_DIR = Path(".serve")
 STATE_FILE = "server.json"
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_S = 30.0  # TorchServe stops its workers on SIGTERM; then we kill what is left
+FRONT_PORTS = ("http", "grpc", "metrics")  # the Ports fields callers reach, on the run's host
 
 
 class ServeError(Exception):
@@ -52,13 +60,31 @@ class ServeError(Exception):
 
 @dataclass(frozen=True)
 class Ports:
-    """The five TorchServe listeners of one run."""
+    """The listeners of one run: the front's three (on the run's host), TorchServe's
+    three behind it and its two management ports (on loopback)."""
 
     http: int = HTTP_PORT
     grpc: int = GRPC_PORT
     metrics: int = METRICS_PORT
     management: int = MANAGEMENT_PORT
     grpc_management: int = GRPC_MANAGEMENT_PORT
+    backend_http: int = BACKEND_HTTP_PORT
+    backend_grpc: int = BACKEND_GRPC_PORT
+    backend_metrics: int = BACKEND_METRICS_PORT
+
+    def front_mapping(self) -> dict[int, int]:
+        """nginx.conf's ports (the pod's) -> this run's."""
+        pod = Ports()
+        return {getattr(pod, name): getattr(self, name) for name in asdict(pod)}
+
+
+@dataclass
+class FrontProcess:
+    """One process of the front (nginx or the gRPC front) that ``stop`` must end."""
+
+    name: str
+    pid: int
+    started: float  # process create_time: guards against a reused pid
 
 
 @dataclass
@@ -71,6 +97,7 @@ class ServerState:
     launcher_pid: int
     launcher_started: float  # process create_time: guards against a reused pid
     log: str
+    front: list[FrontProcess] = field(default_factory=list)
 
     def save(self, state_dir: Path) -> None:
         (state_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
@@ -81,18 +108,19 @@ class ServerState:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return cls(**{**data, "ports": Ports(**data["ports"])})
+        front = [FrontProcess(**p) for p in data.get("front", [])]
+        return cls(**{**data, "ports": Ports(**data["ports"]), "front": front})
 
 
-def config_overrides(host: str, ports: Ports, model_store: Path) -> dict[str, str]:
-    """The config.properties keys ``serve`` sets per run; management stays on loopback."""
+def config_overrides(ports: Ports, model_store: Path) -> dict[str, str]:
+    """The config.properties keys ``serve`` sets per run; TorchServe stays on loopback."""
     store = model_store.resolve()
     return {
-        "inference_address": f"http://{host}:{ports.http}",
+        "inference_address": f"http://{LOOPBACK}:{ports.backend_http}",
         "management_address": f"http://{LOOPBACK}:{ports.management}",
-        "metrics_address": f"http://{host}:{ports.metrics}",
-        "grpc_inference_address": host,
-        "grpc_inference_port": str(ports.grpc),
+        "metrics_address": f"http://{LOOPBACK}:{ports.backend_metrics}",
+        "grpc_inference_address": LOOPBACK,
+        "grpc_inference_port": str(ports.backend_grpc),
         "grpc_management_address": LOOPBACK,
         "grpc_management_port": str(ports.grpc_management),
         "model_store": str(store),
@@ -117,7 +145,7 @@ def render_config(template: str, overrides: dict[str, str]) -> str:
 def check_ports_free(host: str, ports: Ports) -> None:
     """Raise ServeError naming the first port something already listens on."""
     for name, port in asdict(ports).items():
-        bind_host = LOOPBACK if "management" in name else host
+        bind_host = host if name in FRONT_PORTS else LOOPBACK
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -166,15 +194,17 @@ def worker_cannot_start(log_dir: Path) -> str | None:
 
 
 def ready_workers(state: ServerState) -> int:
-    """READY workers of the model if /ping is healthy and at least minWorkers are; else 0.
+    """READY workers of the model if /ping through the front is healthy, the gRPC front
+    takes connections and at least minWorkers are READY; else 0.
 
     Never raises on I/O.
     """
-    base = f"http://{_connect_host(state.host)}:{state.ports.http}"
+    host = _connect_host(state.host)
     try:
-        ping = requests.get(f"{base}/ping", timeout=2)
+        ping = requests.get(f"http://{host}:{state.ports.http}/ping", timeout=2)
         if ping.status_code != 200 or ping.json().get("status") != "Healthy":
             return 0
+        socket.create_connection((host, state.ports.grpc), timeout=2).close()
         described = requests.get(
             f"http://{LOOPBACK}:{state.ports.management}/models/{MODEL_NAME}", timeout=2
         )
@@ -182,7 +212,7 @@ def ready_workers(state: ServerState) -> int:
             return 0
         model = described.json()[0]
         ready = sum(worker.get("status") == "READY" for worker in model.get("workers", []))
-    except (requests.RequestException, ValueError, LookupError, AttributeError):
+    except (requests.RequestException, OSError, ValueError, LookupError, AttributeError):
         return 0
     return ready if ready >= max(1, int(model.get("minWorkers", 1))) else 0
 
@@ -235,12 +265,15 @@ def start(
             f"{store} has no {MODEL_NAME}.mar; build one with "
             f"`colorizer archive --model FILE.pt --out {store}`"
         )
+    nginx_bin = nginx.find_nginx()
+    if nginx_bin is None:
+        raise ServeError(f"nginx, the REST front, is not installed: {nginx.INSTALL_HINT}")
     check_ports_free(host, ports)
 
     _clear_run_files(state_dir)
     (state_dir / "tmp").mkdir(parents=True)
     config = state_dir / "config.properties"
-    overrides = config_overrides(host, ports, store)
+    overrides = config_overrides(ports, store)
     config.write_text(render_config(CONFIG_TEMPLATE.read_text(), overrides))
     log = state_dir / "torchserve.log"
     launcher = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
@@ -277,6 +310,7 @@ def start(
         launcher_started=psutil.Process(proc.pid).create_time(),
         log=str(log),
     )
+    state.front = start_front(nginx_bin, state_dir, config, host, ports)
     state.save(state_dir)
     deadline = time.monotonic() + timeout
     while ready_workers(state) == 0:
@@ -288,8 +322,58 @@ def start(
             why = "exited" if proc.poll() is not None else f"was not ready after {timeout:.0f} s"
             stop(state_dir)
             raise ServeError(f"TorchServe {why}; the end of {log}:\n{_log_tail(log)}")
+        dead = [p for p in state.front if _front_process(p) is None]
+        if dead:
+            stop(state_dir)
+            front_log = state_dir / f"{dead[0].name}.log"
+            raise ServeError(
+                f"the front's {dead[0].name} exited; the end of {front_log}:\n"
+                f"{_log_tail(front_log)}"
+            )
         time.sleep(0.5)
     return state
+
+
+def start_front(
+    nginx_bin: str, state_dir: Path, ts_config: Path, host: str, ports: Ports
+) -> list[FrontProcess]:
+    """Start nginx and the gRPC front before TorchServe, with the run's ports; logs in
+    ``state_dir``. The same files and limits as the pod's front containers."""
+    prefix = state_dir / "front"
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx.render(nginx.NGINX_CONF.read_text(), host, ports.front_mapping()))
+    commands = {
+        "front-http": nginx.command(nginx_bin, prefix, conf),
+        "front-grpc": [
+            sys.executable, "-m", "serving.front.grpc_front",
+            "--ts-config", str(ts_config),
+            "--listen", f"{host}:{ports.grpc}",
+        ],
+    }  # fmt: skip
+    started = []
+    for name, cmd in commands.items():
+        with open(state_dir / f"{name}.log", "wb") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=state_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        started.append(FrontProcess(name, proc.pid, psutil.Process(proc.pid).create_time()))
+    return started
+
+
+def _front_process(front: FrontProcess) -> psutil.Process | None:
+    """The running front process, if it is still the one we started."""
+    try:
+        proc = psutil.Process(front.pid)
+        if abs(proc.create_time() - front.started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except psutil.Error:
+        pass
+    return None
+
+
+# How each front process stops without dropping a request in flight.
+FRONT_STOP_SIGNALS = {"front-http": signal.SIGQUIT, "front-grpc": signal.SIGTERM}
 
 
 def stop(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
@@ -301,7 +385,12 @@ def stop(state_dir: str | Path = DEFAULT_STATE_DIR) -> bool:
     java = _java_from_pid_file(state_dir)
     roots = [p for p in (_launcher(state), java) if p is not None]
     procs = {p.pid: p for root in roots for p in (root, *_children(root))}
-    # SIGTERM to java first: TorchServe then shuts its workers down and the launcher exits.
+    fronts = {f.name: p for f in state.front if (p := _front_process(f)) is not None}
+    # The front first, gracefully: it stops taking requests and finishes those in flight.
+    for name, proc in fronts.items():
+        _signal(proc, FRONT_STOP_SIGNALS[name])
+        procs.update({c.pid: c for c in (proc, *_children(proc))})
+    # SIGTERM to java: TorchServe then shuts its workers down and the launcher exits.
     for proc in [java] if java is not None else procs.values():
         _signal(proc, signal.SIGTERM)
     _, alive = psutil.wait_procs(list(procs.values()), timeout=STOP_GRACE_S)
@@ -317,7 +406,14 @@ def _clear_run_files(state_dir: Path) -> None:
     """Remove what an earlier run wrote into ``state_dir``, and nothing else there."""
     for name in ("tmp", "logs"):
         shutil.rmtree(state_dir / name, ignore_errors=True)
-    for name in ("config.properties", "torchserve.log", STATE_FILE):
+    shutil.rmtree(state_dir / "front", ignore_errors=True)
+    for name in (
+        "config.properties",
+        "torchserve.log",
+        "front-http.log",
+        "front-grpc.log",
+        STATE_FILE,
+    ):
         (state_dir / name).unlink(missing_ok=True)
 
 
@@ -345,6 +441,8 @@ def endpoints(state: ServerState) -> str:
             f"  metrics     http://{host}:{p.metrics}/metrics",
             f"  management  http://{LOOPBACK}:{p.management}, gRPC {LOOPBACK}:{p.grpc_management}"
             " (loopback only)",
+            f"  TorchServe  REST {LOOPBACK}:{p.backend_http}, gRPC {LOOPBACK}:{p.backend_grpc},"
+            f" metrics {LOOPBACK}:{p.backend_metrics} (loopback only, behind the front)",
             f"  logs        {Path(state.log).parent / 'logs'}",
             "try it:",
             f"  colorizer colorize training/datasets/photos/val -o colorized/"

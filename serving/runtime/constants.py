@@ -13,11 +13,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # prefix; `colorizer serve` stops waiting when it sees it and shows the line.
 CANNOT_START = "colorizer cannot start:"
 
-# Ports (TorchServe defaults).
+# Ports. Callers reach the front (serving/front/: nginx for REST and metrics, the gRPC
+# front for gRPC) on TorchServe's default ports; TorchServe itself listens behind it on
+# loopback only, on the BACKEND_* ports, and its management API on loopback as before.
 HTTP_PORT = 8080
-MANAGEMENT_PORT = 8081
 METRICS_PORT = 8082
 GRPC_PORT = 7070
+BACKEND_HTTP_PORT = 9080
+BACKEND_METRICS_PORT = 9082
+BACKEND_GRPC_PORT = 9070
+MANAGEMENT_PORT = 8081
 GRPC_MANAGEMENT_PORT = 7071
 
 # Input acceptance.

@@ -63,6 +63,52 @@ class DeadlineExceeded(ColorizerError):
     retry_after_s = EXPIRED_RETRY_AFTER_S
 
 
+# Refusals of the front (serving/front/), before a request reaches TorchServe. nginx.conf
+# writes the REST ones' JSON bodies itself; tests/unit/test_front.py holds it to these kinds.
+
+
+class BodyTooLarge(ColorizerError):
+    """The body (REST) or message (gRPC) is over TorchServe's max_request_size."""
+
+    kind = "body_too_large"
+    http_status = 413
+
+
+class TooManyInputs(ColorizerError):
+    """A gRPC request whose input map has more entries than the API has keys."""
+
+    kind = "too_many_inputs"
+    http_status = 400
+
+
+class UnsupportedMediaType(ColorizerError):
+    kind = "unsupported_media_type"
+    http_status = 415
+
+
+class RequestTimeout(ColorizerError):
+    kind = "request_timeout"
+    http_status = 408
+
+
+class HeadersTooLarge(ColorizerError):
+    kind = "headers_too_large"
+    http_status = 431
+
+
+class NotFound(ColorizerError):
+    kind = "not_found"
+    http_status = 404
+
+
+class BackendUnavailable(ColorizerError):
+    """The front is up but TorchServe behind it does not answer."""
+
+    kind = "unavailable"
+    http_status = 503
+    retry_after_s = 1
+
+
 # HTTP status -> gRPC status code, the same as TorchServe 0.12's own table
 # (org.pytorch.serve.util.GRPCUtils), which applies it when the handler fails a whole batch:
 # the handler does so for gRPC batches whose requests all failed alike (a request batched
@@ -70,8 +116,10 @@ class DeadlineExceeded(ColorizerError):
 # good ones completes OK with the JSON body as its prediction (see handlers/).
 GRPC_CODE_FOR_HTTP = {
     400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
     413: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
+    503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
 
@@ -85,6 +133,13 @@ ERROR_KINDS = tuple(
         InvalidOption,
         ImageTooLarge,
         DeadlineExceeded,
+        BodyTooLarge,
+        TooManyInputs,
+        UnsupportedMediaType,
+        RequestTimeout,
+        HeadersTooLarge,
+        NotFound,
+        BackendUnavailable,
         ColorizerError,
     )
 )

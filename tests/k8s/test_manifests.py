@@ -21,6 +21,7 @@ from tests.support.k8s import (
     K8S_VERSIONS,
     MANAGEMENT_PORTS,
     container,
+    containers,
     dockerfile_instructions,
     exec_form,
     final_stage,
@@ -39,7 +40,7 @@ def test_every_overlay_renders_the_whole_service(rendered):
     expected = {
         "Namespace": 1,
         "ServiceAccount": 1,
-        "ConfigMap": 2,  # TorchServe's configuration, the Grafana dashboard
+        "ConfigMap": 3,  # TorchServe's configuration, the front's, the Grafana dashboard
         "Service": 2,
         "Deployment": 1,
         "HorizontalPodAutoscaler": 1,
@@ -51,7 +52,7 @@ def test_every_overlay_renders_the_whole_service(rendered):
     for overlay, docs in rendered.items():
         kinds = {k: len(objects(docs, k)) for k in {d["kind"] for d in docs}}
         gpu_dashboard = 1 if overlay == "gpu" else 0
-        assert kinds == {**expected, "ConfigMap": 2 + gpu_dashboard}, overlay
+        assert kinds == {**expected, "ConfigMap": 3 + gpu_dashboard}, overlay
         assert not objects(docs, "Secret"), "no secrets in manifests"
         for d in docs:
             if d["kind"] != "Namespace":
@@ -108,9 +109,7 @@ def test_servicemonitor_scrapes_the_metrics_port_of_each_pod(rendered):
         ]
         assert len(services) == 1, overlay
         (port,) = [p for p in services[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
-        target = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}[
-            port["targetPort"]
-        ]
+        target = pod_ports(docs)[port["targetPort"]]
         assert target == C.METRICS_PORT
 
 
@@ -161,13 +160,25 @@ def test_checkov_flags_an_insecure_pod(rendered, tmp_path):
 
 
 def torchserve_configmap(docs: list[dict]) -> dict:
-    """The generated TorchServe ConfigMap (the others carry dashboards)."""
+    """The generated TorchServe ConfigMap (the others carry the front's nginx.conf and
+    dashboards)."""
     (cm,) = [
         d
         for d in objects(docs, "ConfigMap")
-        if "grafana_dashboard" not in d["metadata"].get("labels", {})
+        if d["metadata"]["name"].startswith("colorizer-torchserve-")
     ]
     return cm
+
+
+def pod_ports(docs: list[dict]) -> dict[str, int]:
+    """{name: containerPort} over every container of the pod (names are pod-wide)."""
+    named = [
+        (p["name"], p["containerPort"])
+        for c in containers(docs).values()
+        for p in c.get("ports", [])
+    ]
+    assert len({n for n, _ in named}) == len(named), named
+    return dict(named)
 
 
 def test_configmap_is_generated_from_the_serving_files(rendered):
@@ -195,7 +206,9 @@ def test_pod_reads_the_configmap_where_the_image_and_config_expect_it(rendered, 
         c = container(docs)
         assert c["workingDir"] == workdir
         cm_name = torchserve_configmap(docs)["metadata"]["name"]
-        (volume,) = [v for v in pod_spec(docs)["volumes"] if "configMap" in v]
+        (volume,) = [
+            v for v in pod_spec(docs)["volumes"] if v.get("configMap", {}).get("name") == cm_name
+        ]
         assert volume["configMap"]["name"] == cm_name
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
         assert mount["readOnly"] is True
@@ -204,11 +217,21 @@ def test_pod_reads_the_configmap_where_the_image_and_config_expect_it(rendered, 
         assert str(Path(workdir) / config["metrics_config"]) in mounted, overlay
 
 
-def test_config_binds_inference_to_the_pod_and_management_to_loopback(config):
-    assert config["inference_address"] == f"http://0.0.0.0:{C.HTTP_PORT}"
-    assert config["metrics_address"] == f"http://0.0.0.0:{C.METRICS_PORT}"
-    assert config["grpc_inference_address"] == "0.0.0.0"
-    assert int(config["grpc_inference_port"]) == C.GRPC_PORT
+def test_config_binds_torchserve_to_loopback_behind_the_front(config):
+    """Only the front listens beyond the pod's loopback; nginx.conf and the gRPC front pass
+    requests to exactly the ports TorchServe binds."""
+    from serving.front import grpc_front, nginx
+
+    assert config["inference_address"] == f"http://127.0.0.1:{C.BACKEND_HTTP_PORT}"
+    assert config["metrics_address"] == f"http://127.0.0.1:{C.BACKEND_METRICS_PORT}"
+    assert config["grpc_inference_address"] == "127.0.0.1"
+    assert int(config["grpc_inference_port"]) == C.BACKEND_GRPC_PORT
+    text = nginx.NGINX_CONF.read_text()
+    assert nginx.listen_ports(text) == [C.HTTP_PORT, C.METRICS_PORT]
+    assert nginx.upstream_ports(text) == [C.BACKEND_HTTP_PORT, C.BACKEND_METRICS_PORT]
+    front = grpc_front.GrpcFrontConfig.from_ts_config(LAUNCHER / "config.properties")
+    assert front.backend == f"127.0.0.1:{C.BACKEND_GRPC_PORT}"
+    assert front.listen == f"0.0.0.0:{C.GRPC_PORT}"
     assert config["management_address"] == f"http://127.0.0.1:{C.MANAGEMENT_PORT}"
     assert config["grpc_management_address"] == "127.0.0.1"
     assert int(config["grpc_management_port"]) == C.GRPC_MANAGEMENT_PORT
@@ -243,10 +266,16 @@ def test_management_ports_appear_nowhere(rendered):
                 assert not re.search(rf"\b{port}\b", text), f"{overlay}: {d['kind']} names {port}"
 
 
-def test_container_exposes_exactly_the_inference_and_metrics_ports(rendered):
+def test_only_the_front_exposes_the_inference_and_metrics_ports(rendered):
     for docs in rendered.values():
-        ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
-        assert ports == {"http": C.HTTP_PORT, "grpc": C.GRPC_PORT, "metrics": C.METRICS_PORT}
+        assert pod_ports(docs) == {
+            "http": C.HTTP_PORT,
+            "metrics": C.METRICS_PORT,
+            "grpc": C.GRPC_PORT,
+        }
+        assert not container(docs).get("ports"), "TorchServe listens on loopback only"
+        assert {p["name"] for p in container(docs, "front-http")["ports"]} == {"http", "metrics"}
+        assert {p["name"] for p in container(docs, "front-grpc")["ports"]} == {"grpc"}
     expose = [a for i, a in final_stage(dockerfile_instructions()) if i == "EXPOSE"]
     assert {int(p) for a in expose for p in a.split()} == {C.HTTP_PORT, C.GRPC_PORT, C.METRICS_PORT}
 
@@ -306,21 +335,23 @@ def test_pod_runs_non_root_read_only_without_privileges(rendered):
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] == uid
         assert psc["seccompProfile"]["type"] == "RuntimeDefault"
-        sc = container(docs)["securityContext"]
-        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid
-        assert sc["allowPrivilegeEscalation"] is False
-        assert sc["readOnlyRootFilesystem"] is True
-        assert sc.get("privileged", False) is False
-        assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-        # Writable mounts are bounded emptyDirs; nothing from the host.
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert not any("hostPath" in v for v in volumes.values())
-        mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
+        for name, c in containers(docs).items():
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc.get("privileged", False) is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            # Writable mounts are bounded emptyDirs; nothing from the host.
+            for m in c["volumeMounts"]:
+                if not m.get("readOnly"):
+                    assert "sizeLimit" in volumes[m["name"]].get("emptyDir", {}), (name, m)
+        mounts = {m["mountPath"] for m in container(docs)["volumeMounts"]}
         assert "/tmp" in mounts, "TorchServe's scratch"
-        for m in mounts.values():
-            if not m.get("readOnly"):
-                assert "sizeLimit" in volumes[m["name"]].get("emptyDir", {}), m
+        assert "/tmp" in {m["mountPath"] for m in container(docs, "front-http")["volumeMounts"]}
         assert (
             one(docs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
             == "restricted"
@@ -329,7 +360,7 @@ def test_pod_runs_non_root_read_only_without_privileges(rendered):
 
 def test_no_secret_material_in_the_manifests(rendered_text, rendered):
     for overlay, docs in rendered.items():
-        for env in container(docs).get("env", []):
+        for env in (e for c in containers(docs).values() for e in c.get("env", [])):
             assert "secretKeyRef" not in env.get("valueFrom", {})
             assert not re.search(r"TOKEN|PASSWORD|SECRET|API_KEY", env["name"]), env
         assert not re.search(r"(?i)BEGIN [A-Z ]*PRIVATE KEY|password:", rendered_text[overlay])
@@ -357,32 +388,53 @@ def test_probes_tell_loading_from_ready_from_dead(rendered):
             assert args["--config"] == f"{config_mount['mountPath']}/config.properties"
             assert probe["timeoutSeconds"] >= 3  # python start + one local HTTP call
         # Dead: liveness must not restart a pod whose worker is reloading; it asks the
-        # metrics endpoint, which the frontend answers whatever the workers do.
-        assert live["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        # metrics endpoint (on loopback), which the frontend answers whatever the workers do.
+        assert live["exec"]["command"] == [*startup["exec"]["command"][:5], "--live"]
+        # The front's containers: ready and alive while they take connections on their ports.
+        for name in ("front-http", "front-grpc"):
+            front = container(docs, name)
+            own = {p["name"] for p in front["ports"]}
+            for kind in ("readinessProbe", "livenessProbe"):
+                assert front[kind]["tcpSocket"]["port"] in own, (overlay, name, kind)
         # Loading may take the profile's startupTimeout plus JVM start and archive unpack.
         budget = startup["periodSeconds"] * startup["failureThreshold"]
         assert budget >= model_profile(overlay)["startupTimeout"] + 60, overlay
         assert live["periodSeconds"] * live["failureThreshold"] >= 30
 
 
+def prestop_sleep(c: dict) -> int:
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
+
+
 def test_prestop_drains_before_sigterm(rendered, config):
+    """Every container sleeps through endpoint removal; the front outlives TorchServe's
+    drain, so the answers TorchServe finishes after its SIGTERM reach their callers, and the
+    gRPC front's own drain still fits the grace period."""
+    from serving.front.grpc_front import GrpcFrontConfig
+
     for overlay, docs in rendered.items():
-        pod = pod_spec(docs)
-        command = container(docs)["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[0] == "sleep"
-        drain = int(command[1])
-        assert drain + 10 <= pod["terminationGracePeriodSeconds"], overlay
+        grace = pod_spec(docs)["terminationGracePeriodSeconds"]
+        drain = prestop_sleep(container(docs))
+        assert drain + 10 <= grace, overlay
         assert drain >= 15, "endpoint removal takes seconds to reach every node and client"
+        for name in ("front-http", "front-grpc"):
+            assert prestop_sleep(container(docs, name)) > drain, (overlay, name)
+        front_grpc = prestop_sleep(container(docs, "front-grpc"))
+        assert front_grpc + GrpcFrontConfig.stop_grace_s + 10 <= grace, overlay
 
 
 def test_grpc_connections_age_out_within_the_drain(rendered, config):
-    """TorchServe sends GOAWAY after the max connection age (+-10% jitter): every client
+    """The gRPC front sends GOAWAY after the max connection age (+-10% jitter): every client
     must have left a terminating pod before preStop ends."""
-    age_s = int(config["grpc_inference_max_connection_age_ms"]) / 1000
-    grace_s = int(config.get("grpc_inference_max_connection_age_grace_ms", "0")) / 1000
+    from serving.front.grpc_front import GrpcFrontConfig
+
+    age_s = GrpcFrontConfig.max_connection_age_ms / 1000
+    grace_s = GrpcFrontConfig.max_connection_age_grace_ms / 1000
     assert age_s <= 120, "new replicas get gRPC traffic only after connections age out"
     for overlay, docs in rendered.items():
-        drain = int(container(docs)["lifecycle"]["preStop"]["exec"]["command"][1])
+        drain = prestop_sleep(container(docs))
         assert drain >= age_s * 1.1 + 5, overlay
         # In-flight calls on an aged connection may run to the response timeout.
         assert grace_s >= model_profile(overlay)["responseTimeout"], overlay
@@ -390,9 +442,17 @@ def test_grpc_connections_age_out_within_the_drain(rendered, config):
 
 def test_resources_are_guaranteed_and_gpu_only_in_the_gpu_overlay(rendered):
     for overlay, docs in rendered.items():
+        for name, c in containers(docs).items():
+            for key in ("cpu", "memory"):
+                assert c["resources"]["requests"][key] == c["resources"]["limits"][key], (
+                    overlay,
+                    name,
+                    key,
+                )
+            if name != "torchserve":
+                assert "nvidia.com/gpu" not in c["resources"]["limits"], (overlay, name)
+                assert "OMP_NUM_THREADS" not in {e["name"] for e in c.get("env", [])}
         res = container(docs)["resources"]
-        for key in ("cpu", "memory"):
-            assert res["requests"][key] == res["limits"][key], f"{overlay}: {key}"
         gpus = res["limits"].get("nvidia.com/gpu")
         pod = pod_spec(docs)
         env = {e["name"]: e for e in container(docs).get("env", [])}

@@ -15,13 +15,12 @@ from tests.support.k8s import run, tool
 from tests.support.paths import K8S, REPO
 
 CONFIGMAP = "colorizer-torchserve"
+FRONT_CONFIGMAP = "colorizer-front"
 
 
-def torchserve_configmap(docs: list[dict]) -> dict:
+def torchserve_configmap(docs: list[dict], name: str = CONFIGMAP) -> dict:
     (cm,) = [
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(f"{CONFIGMAP}-")
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(f"{name}-")
     ]
     return cm
 
@@ -35,7 +34,7 @@ def properties(text: str) -> dict[str, str]:
 def drift(served: str, deployed: str) -> list[str]:
     """Keys whose value differs between what `colorizer serve` runs and the ConfigMap,
     ignoring the keys serve sets per run (addresses, ports, paths)."""
-    per_run = set(server.config_overrides("127.0.0.1", server.Ports(), Path("store")))
+    per_run = set(server.config_overrides(server.Ports(), Path("store")))
     a, b = properties(served), properties(deployed)
     keys = (set(a) | set(b)) - per_run
     return sorted(k for k in keys if a.get(k) != b.get(k))
@@ -48,7 +47,10 @@ def test_every_overlay_renders_without_flags(rendered):
         (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
         volumes = deployment["spec"]["template"]["spec"]["volumes"]
         names = {v["configMap"]["name"] for v in volumes if "configMap" in v}
-        assert names == {torchserve_configmap(docs)["metadata"]["name"]}, overlay
+        generated = {
+            torchserve_configmap(docs, n)["metadata"]["name"] for n in (CONFIGMAP, FRONT_CONFIGMAP)
+        }
+        assert names == generated, overlay
 
 
 def test_the_default_restrictor_is_on(tmp_path):
@@ -85,7 +87,7 @@ def test_configmap_carries_the_files_colorizer_serve_reads(rendered):
 def test_served_and_deployed_configuration_agree(rendered, tmp_path):
     """What `colorizer serve` writes for a run differs from the ConfigMap only in the keys
     it overrides per run; metrics_config points at the same metrics.yaml."""
-    overrides = server.config_overrides("127.0.0.1", server.Ports(), tmp_path)
+    overrides = server.config_overrides(server.Ports(), tmp_path)
     served = server.render_config(server.CONFIG_TEMPLATE.read_text(), overrides)
     assert Path(properties(served)["metrics_config"]) == server.METRICS_CONFIG
     for overlay, docs in rendered.items():
@@ -96,9 +98,28 @@ def test_served_and_deployed_configuration_agree(rendered, tmp_path):
 def test_drift_check_catches_a_changed_deployed_value(tmp_path):
     served = server.render_config(
         server.CONFIG_TEMPLATE.read_text(),
-        server.config_overrides("127.0.0.1", server.Ports(), tmp_path),
+        server.config_overrides(server.Ports(), tmp_path),
     )
     deployed = server.CONFIG_TEMPLATE.read_text()
     assert drift(served, deployed) == []
     changed = deployed.replace("max_request_size=", "max_request_size=1") + "job_queue_size=5\n"
     assert drift(served, changed) == ["job_queue_size", "max_request_size"]
+
+
+def test_front_configmap_is_the_nginx_conf_colorizer_serve_runs(rendered):
+    """The pod's front-http runs serving/front/nginx.conf byte for byte; `colorizer serve`
+    runs the same file with only its listen and upstream ports (and bind host) replaced."""
+    from serving.front import nginx
+
+    front = yaml.safe_load((nginx.NGINX_CONF.parent / "kustomization.yaml").read_text())
+    (generator,) = front["configMapGenerator"]
+    assert generator["name"] == FRONT_CONFIGMAP and generator["files"] == ["nginx.conf"]
+    for overlay, docs in rendered.items():
+        data = torchserve_configmap(docs, FRONT_CONFIGMAP)["data"]
+        assert data == {"nginx.conf": nginx.NGINX_CONF.read_text()}, overlay
+    text = nginx.NGINX_CONF.read_text()
+    ports = server.Ports(1, 2, 3, 4, 5, 6, 7, 8)
+    served = nginx.render(text, "127.0.0.1", ports.front_mapping())
+    changed = [(a, b) for a, b in zip(text.splitlines(), served.splitlines()) if a != b]
+    assert changed and all(("listen" in a or "server 127.0.0.1" in a) for a, _ in changed)
+    assert len(served.splitlines()) == len(text.splitlines())

@@ -82,5 +82,5 @@ def test_probe_reads_the_management_address_of_the_real_config():
     spec = importlib.util.spec_from_file_location("k8s_probe", K8S / "probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    url = probe.management_url(str(LAUNCHER / "config.properties"))
+    url = probe.config_url(str(LAUNCHER / "config.properties"))
     assert url == f"http://127.0.0.1:{C.MANAGEMENT_PORT}"

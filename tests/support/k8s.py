@@ -65,10 +65,19 @@ def pod_spec(docs: list[dict]) -> dict:
     return one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
-def container(docs: list[dict]) -> dict:
-    containers = pod_spec(docs)["containers"]
-    assert [c["name"] for c in containers] == ["torchserve"]
-    return containers[0]
+# The pod's containers: TorchServe, and the front before it (serving/front/).
+CONTAINERS = ("torchserve", "front-http", "front-grpc")
+
+
+def containers(docs: list[dict]) -> dict[str, dict]:
+    """{name: container} of the Deployment's pod; exactly CONTAINERS."""
+    found = {c["name"]: c for c in pod_spec(docs)["containers"]}
+    assert tuple(found) == CONTAINERS, list(found)
+    return found
+
+
+def container(docs: list[dict], name: str = "torchserve") -> dict:
+    return containers(docs)[name]
 
 
 def selects(selector: dict, labels: dict) -> bool:

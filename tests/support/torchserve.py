@@ -1,10 +1,12 @@
-"""The one way tests run a real TorchServe: archive a test model, `colorizer serve` it on
-free loopback ports with its own state folder, and stop it (checking nothing is left)."""
+"""The one way tests run a real TorchServe: archive a test model, `colorizer serve` it (behind
+its front: nginx and the gRPC front) on free loopback ports with its own state folder, and
+stop it (checking nothing is left)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import asdict
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,17 +21,13 @@ from tests.support.net import free_ports
 
 def serve_argv(store: Path, state_dir: Path) -> list[str]:
     """`colorizer serve` arguments for ``store`` on free loopback ports."""
-    http, grpc_port, metrics, management, grpc_management = free_ports(5)
-    return [
-        "serve",
-        "--model-store", str(store),
-        "--http-port", str(http),
-        "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics),
-        "--management-port", str(management),
-        "--grpc-management-port", str(grpc_management),
-        "--state-dir", str(state_dir),
-    ]  # fmt: skip
+    from serving.launcher.server import Ports
+
+    names = list(asdict(Ports()))
+    argv = ["serve", "--model-store", str(store), "--state-dir", str(state_dir)]
+    for name, port in zip(names, free_ports(len(names))):
+        argv += [f"--{name.replace('_', '-')}-port", str(port)]
+    return argv
 
 
 def _port(argv: list[str], flag: str) -> int:
@@ -52,9 +50,13 @@ def served(root: Path, preset: str = "compact", profile: str = "cpu") -> Iterato
     metrics, management = _port(argv, "--metrics-port"), _port(argv, "--management-port")
     grpc_management = _port(argv, "--grpc-management-port")
     assert cli(argv) == 0
-    launcher = psutil.Process(json.loads((state_dir / "server.json").read_text())["launcher_pid"])
+    recorded = json.loads((state_dir / "server.json").read_text())
+    launcher = psutil.Process(recorded["launcher_pid"])
+    front = {f["name"]: psutil.Process(f["pid"]) for f in recorded["front"]}
+    assert set(front) == {"front-http", "front-grpc"}, recorded["front"]
     procs = [launcher, *launcher.children(recursive=True)]
     assert len(procs) >= 3, "expected the launcher, java and a worker"
+    procs += [p for f in front.values() for p in (f, *f.children(recursive=True))]
     try:
         yield SimpleNamespace(
             url=f"http://127.0.0.1:{http}",
@@ -66,6 +68,10 @@ def served(root: Path, preset: str = "compact", profile: str = "cpu") -> Iterato
             state_dir=state_dir,
             root=root,
             launcher=launcher,
+            jvm_pid=int((state_dir / "tmp" / ".model_server.pid").read_text()),
+            front=front,  # {"front-http": nginx master, "front-grpc": the gRPC front}
+            backend_url=f"http://127.0.0.1:{_port(argv, '--backend-http-port')}",
+            backend_grpc=f"127.0.0.1:{_port(argv, '--backend-grpc-port')}",
         )
     finally:
         assert cli(["stop", "--state-dir", str(state_dir)]) == 0

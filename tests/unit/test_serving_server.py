@@ -38,13 +38,13 @@ def test_repo_config_is_safe_and_fits_12_megapixels():
     assert int(props["max_response_size"]) >= twelve_mp_png
 
 
-def test_run_config_overrides_ports_and_paths(tmp_path):
-    ports = Ports(1, 2, 3, 4, 5)
-    text = render_config(CONFIG_TEMPLATE.read_text(), config_overrides("0.0.0.0", ports, tmp_path))
+def test_run_config_keeps_torchserve_on_loopback_behind_the_front(tmp_path):
+    ports = Ports(1, 2, 3, 4, 5, backend_http=6, backend_grpc=7, backend_metrics=8)
+    text = render_config(CONFIG_TEMPLATE.read_text(), config_overrides(ports, tmp_path))
     props = properties(text)
-    assert props["inference_address"] == "http://0.0.0.0:1"
-    assert props["grpc_inference_address"] == "0.0.0.0" and props["grpc_inference_port"] == "2"
-    assert props["metrics_address"] == "http://0.0.0.0:3"
+    assert props["inference_address"] == "http://127.0.0.1:6"
+    assert props["grpc_inference_address"] == "127.0.0.1" and props["grpc_inference_port"] == "7"
+    assert props["metrics_address"] == "http://127.0.0.1:8"
     assert props["management_address"] == "http://127.0.0.1:4"
     assert props["grpc_management_address"] == "127.0.0.1"
     assert props["grpc_management_port"] == "5"
@@ -65,9 +65,11 @@ def test_a_port_in_use_is_named():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        others = free_ports(4)
+        others = free_ports(7)
         with pytest.raises(ServeError, match=f"grpc port {port}"):
             check_ports_free("127.0.0.1", Ports(others[0], port, *others[1:]))
+        with pytest.raises(ServeError, match=f"backend_grpc port {port}"):
+            check_ports_free("127.0.0.1", Ports(*others[:6], backend_grpc=port))
 
 
 def test_serve_without_default_weights_says_what_to_do(tmp_path, monkeypatch, capsys):
@@ -95,6 +97,9 @@ def test_a_new_run_clears_only_its_own_files_from_the_state_folder(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "ts_log.log").write_text("old run")
     (tmp_path / "config.properties").write_text("old=1")
+    (tmp_path / "front").mkdir()
+    (tmp_path / "front" / "nginx.conf").write_text("old run")
+    (tmp_path / "front-http.log").write_text("old run")
     (tmp_path / "notes.txt").write_text("the user's, not ours")
     _clear_run_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

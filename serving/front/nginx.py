@@ -1,0 +1,58 @@
+"""nginx.conf beside this file, for one run: its ports and bind address, and the command.
+
+The file names the pod's ports (``serving.runtime.constants``). The pod runs it as it is;
+`colorizer serve` runs a copy in which each of those ports is replaced by the run's, and
+each ``listen`` binds to the run's host. Nothing else in the file changes, so the limits,
+timeouts and refusals are the same in both places.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+NGINX_CONF = Path(__file__).resolve().parent / "nginx.conf"
+INSTALL_HINT = "install Debian's nginx (apt-get install nginx-light; `make serve` does it)"
+
+_LISTEN = re.compile(r"^(\s*listen\s+)(?:[\w.\[\]:]+:)?(\d+)\b", re.MULTILINE)
+_UPSTREAM = re.compile(r"^(\s*server\s+127\.0\.0\.1:)(\d+)\b", re.MULTILINE)
+
+
+class FrontConfigError(ValueError):
+    """nginx.conf names a port the run does not map (the file and the code disagree)."""
+
+
+def render(text: str, host: str, ports: dict[int, int]) -> str:
+    """``text`` (nginx.conf) with every listen and upstream port mapped through ``ports``
+    (pod port -> run port) and every listen bound to ``host``."""
+
+    def port(match: re.Match[str]) -> str:
+        pod_port = int(match[2])
+        if pod_port not in ports:
+            raise FrontConfigError(f"nginx.conf names port {pod_port}, which the run does not map")
+        return str(ports[pod_port])
+
+    text = _LISTEN.sub(lambda m: f"{m[1]}{host}:{port(m)}", text)
+    return _UPSTREAM.sub(lambda m: f"{m[1]}{port(m)}", text)
+
+
+def listen_ports(text: str) -> list[int]:
+    """The ports nginx.conf listens on, in file order."""
+    return [int(m[2]) for m in _LISTEN.finditer(text)]
+
+
+def upstream_ports(text: str) -> list[int]:
+    """The loopback ports nginx.conf passes requests to, in file order."""
+    return [int(m[2]) for m in _UPSTREAM.finditer(text)]
+
+
+def find_nginx() -> str | None:
+    """Path of the nginx binary (PATH, then /usr/sbin where Debian puts it), or None."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def command(nginx: str, prefix: Path, conf: Path) -> list[str]:
+    """How the pod and `colorizer serve` start nginx: in the foreground (the file says
+    ``daemon off``), every relative path under ``prefix``, errors to stderr."""
+    return [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"]
