@@ -67,9 +67,14 @@ def jvm_pid(server) -> int:
 
 def watched_pids(server) -> dict[str, int]:
     """name -> pid of the server processes whose memory and life an attack watches: the JVM
-    and, where ``served()`` names them (``server.front_pids``: name -> pid), the fronts."""
+    and, where ``served()`` names them (``server.front``: name -> process or pid), the
+    fronts with their children (nginx's workers)."""
     pids = {"jvm": jvm_pid(server)}
-    pids.update({str(k): int(v) for k, v in (getattr(server, "front_pids", None) or {}).items()})
+    for name, proc in (getattr(server, "front", None) or {}).items():
+        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(int(proc))
+        pids[name] = proc.pid
+        for i, child in enumerate(proc.children(recursive=True)):
+            pids[f"{name}/{i + 1}"] = child.pid
     return pids
 
 
@@ -89,7 +94,7 @@ def front_idle_timeout_s(root: Path = REPO) -> float:
     """The longest of the REST front's client_header_timeout / client_body_timeout, read
     from an nginx configuration under serving/ when there is one; else the constant."""
     found = []
-    for conf in sorted((root / "serving").rglob("*nginx*")):
+    for conf in sorted((root / "serving").rglob("*nginx*.conf*")):
         if not conf.is_file():
             continue
         text = conf.read_text(errors="replace")
@@ -968,11 +973,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run_planned(row, args.url, args.grpc, pids, args.timeout)
         print(table_row(result, names), flush=True)
         waited = settle(args.url, args.settle, pids)
-        if waited > 5:
-            print(
-                f"<!-- {row}: a photo was answered again {waited:.0f} s after it -->",
-                flush=True,
-            )
+        if waited >= args.settle:
+            print(f"<!-- {row}: still busy or not answering {waited:.0f} s after -->", flush=True)
+        elif waited > 5:
+            print(f"<!-- {row}: answering and quiet again {waited:.0f} s after -->", flush=True)
     return 0
 
 
