@@ -59,7 +59,14 @@ from serving.runtime.constants import (
     TRACEPARENT_HEADER,
 )
 from serving.runtime.device import worker_device
-from serving.runtime.errors import EmptyInput, InvalidOption, NotAnImage
+from serving.runtime.errors import (
+    ColorizerError,
+    EmptyInput,
+    InvalidOption,
+    NotAnImage,
+    TooManyInputs,
+)
+from serving.runtime.forms import is_form, parse_form
 from serving.runtime.pipeline import ColorizePipeline
 from serving.runtime.precision import PrecisionUnusable
 from serving.runtime.request_meta import (
@@ -283,11 +290,26 @@ def request_meta(
     return RequestMeta(request_id or server_id, traceparent, deadline, server_id), None
 
 
+def with_form_fields(context: Any, idx: int, request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` with a multipart body the front passed on unread (``serving.runtime.forms``)
+    replaced by its fields; other requests as they are. Raises TooManyInputs, InvalidOption."""
+    content_type = request_header(context, idx, "Content-Type")
+    if not is_form(content_type) or not isinstance(request.get("body"), (bytes, bytearray)):
+        return request
+    fields = parse_form(bytes(request["body"]), content_type)
+    return {**{k: v for k, v in request.items() if k != "body"}, **fields}
+
+
 def photo_request(context: Any, idx: int, request: dict[str, Any]) -> PhotoRequest:
     """TorchServe's request ``idx`` as a ``PhotoRequest`` (the photo, or why there is none)."""
+    form_error: ColorizerError | None = None
+    try:
+        request = with_form_fields(context, idx, request)
+    except (TooManyInputs, InvalidOption) as exc:
+        form_error = exc
     meta, invalid = request_meta(context, idx, request)
     try:
-        photo: bytes | Exception = invalid or request_image(request)
+        photo: bytes | Exception = invalid or form_error or request_image(request)
     except (EmptyInput, NotAnImage) as exc:
         photo = exc
     return PhotoRequest(

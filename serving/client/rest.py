@@ -19,7 +19,7 @@ from serving.client.base import (
     error_from_body,
     sniff_content_type,
 )
-from serving.runtime.constants import REQUEST_ID_HEADER
+from serving.runtime.constants import REQUEST_ID_HEADER, SERVER_REQUEST_ID_HEADER
 
 # Statuses worth the same call again (serving/client/retry.py): TorchServe answers 503 when
 # the model's queue is full and 507 when the worker serving the request died (it restarts);
@@ -78,7 +78,10 @@ class RestTransport:
                 retry_after=retry_after_s(resp.headers.get("Retry-After")),
             )
             error.retryable = resp.status_code in RETRY_STATUSES or error.message == WORKER_DIED
-            error.server_id = resp.headers.get(REQUEST_ID_HEADER)  # TorchServe's own id
+            # TorchServe's own id: behind the front under its own name, else X-Request-Id.
+            error.server_id = resp.headers.get(SERVER_REQUEST_ID_HEADER) or resp.headers.get(
+                REQUEST_ID_HEADER
+            )
             raise error
         content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         return Colorized(resp.content, content_type or sniff_content_type(resp.content))

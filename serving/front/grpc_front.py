@@ -33,7 +33,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.runtime.constants import GRPC_PORT
+from serving.runtime.constants import GRPC_PORT, MAX_FORM_PARTS
 from serving.runtime.errors import GRPC_CODE_FOR_HTTP, BodyTooLarge, ColorizerError, TooManyInputs
 
 log = logging.getLogger("colorizer.grpc_front")
@@ -41,9 +41,7 @@ log = logging.getLogger("colorizer.grpc_front")
 SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
 UNARY_METHODS = ("Ping", "Predictions")  # what the colorizer's callers use
 INPUT_FIELD = 3  # PredictionsRequest.input: map<string, bytes> = 3
-# The API's input keys: data, format, quality, x-request-id, traceparent,
-# x-request-deadline (serving/API.md); a little room for keys a caller adds.
-MAX_INPUTS = 16
+MAX_INPUTS = MAX_FORM_PARTS  # the same cap as a multipart body's fields
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ timeouts and refusals are the same in both places.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -53,6 +54,12 @@ def find_nginx() -> str | None:
 
 
 def command(nginx: str, prefix: Path, conf: Path) -> list[str]:
-    """How the pod and `colorizer serve` start nginx: in the foreground (the file says
-    ``daemon off``), every relative path under ``prefix``, errors to stderr."""
-    return [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"]
+    """How `colorizer serve` starts nginx, as the pod does: in the foreground (the file
+    says ``daemon off``), every relative path under ``prefix``, errors to stderr.
+
+    Started by root (a developer's machine, CI), nginx would run its worker as ``nobody``,
+    who cannot write the run's folder; the worker then runs as the user who started it,
+    as it does in the pod (uid 10001, where nginx cannot switch users).
+    """
+    as_user = ["-g", "user root root;"] if os.geteuid() == 0 else []
+    return [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr", *as_user]

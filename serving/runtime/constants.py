@@ -37,13 +37,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 # (TorchServe 0.12 hands a gRPC handler its input map, never the call's metadata or deadline).
 REQUEST_ID_HEADER = "X-Request-Id"  # the caller's id; TorchServe's own id when none is sent
 # TorchServe 0.12's REST frontend sets X-Request-Id on every response to its own id (the
-# handler's headers are overwritten), so a caller's id comes back under this name.
+# handler's headers are overwritten), so the handler echoes a caller's id under this name;
+# the front (serving/front/nginx.conf) then sets X-Request-Id back to the caller's id (or
+# TorchServe's, when the caller sent none) and passes TorchServe's id on under
+# SERVER_REQUEST_ID_HEADER.
 ECHOED_REQUEST_ID_HEADER = "X-Client-Request-Id"
+SERVER_REQUEST_ID_HEADER = "X-Server-Request-Id"
 TRACEPARENT_HEADER = "traceparent"  # W3C Trace Context; logged and echoed, never required
 DEADLINE_HEADER = "X-Request-Deadline"  # when the caller gives up: Unix time in milliseconds
 MAX_REQUEST_ID_CHARS = 128  # printable ASCII, no spaces
 # A request whose deadline passes before its turn gets 504 with this Retry-After (seconds).
 EXPIRED_RETRY_AFTER_S = 1
+
+# multipart/form-data as the front passes it to TorchServe: renamed, so that TorchServe's
+# frontend hands the body on unread and the handler parses it (serving/runtime/forms.py).
+FORM_CONTENT_TYPE = "application/vnd.colorizer.form-data"
+# Fields of a form (data, format, quality, x-request-id, traceparent, x-request-deadline),
+# with room for a few more; gRPC input maps get the same cap (serving/front/grpc_front.py).
+MAX_FORM_PARTS = 16
 
 # Output encoding.
 OUTPUT_FORMATS = ("jpeg", "png", "webp")

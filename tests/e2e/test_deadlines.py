@@ -46,9 +46,11 @@ def worker_log_lines(server, needle: str, timeout: float = 10.0) -> list[str]:
 def test_a_callers_id_comes_back_and_names_the_log_line(server, photo):
     resp = post(server, photo, **{"X-Request-Id": "e2e-photo-1", "traceparent": TRACEPARENT})
     assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/jpeg"
+    assert resp.headers["X-Request-Id"] == "e2e-photo-1"  # the front restores it
     assert resp.headers["X-Client-Request-Id"] == "e2e-photo-1"
     assert resp.headers["traceparent"] == TRACEPARENT
-    server_id = resp.headers["X-Request-Id"]  # TorchServe's own, set on every response
+    server_id = resp.headers["X-Server-Request-Id"]  # TorchServe's own
+    assert server_id != "e2e-photo-1"
     (line,) = worker_log_lines(server, "request_id=e2e-photo-1 ")
     assert f"server_id={server_id} " in line and "trace_id=4bf92f3577b34da6" in line
     assert all(f"{stage}=" in line for stage in ("decode", "inference", "encode"))
@@ -57,8 +59,10 @@ def test_a_callers_id_comes_back_and_names_the_log_line(server, photo):
 def test_an_error_names_the_request_id(server):
     resp = post(server, b"junk", **{"X-Request-Id": "e2e-junk-1"})
     assert resp.status_code == 400 and resp.json()["request_id"] == "e2e-junk-1"
+    assert resp.headers["X-Request-Id"] == "e2e-junk-1"
     anonymous = post(server, b"junk")
     assert anonymous.json()["request_id"] == anonymous.headers["X-Request-Id"]
+    assert anonymous.headers["X-Request-Id"] == anonymous.headers["X-Server-Request-Id"]
 
 
 def test_the_client_names_the_id_on_failure(server):

@@ -24,10 +24,18 @@ GIB = 1 << 30
 # A worker before any photo: Python + torch (CUDA build) + TorchServe's worker code + the
 # model, warmed up. Measured 0.85 GiB RSS (2026-11-27, AMD EPYC, the shipped default).
 WORKER_BASE_BYTES = 1 * GIB
-# TorchServe's frontend: no -Xmx is set, so the JVM's default heap cap (1/4 of the
-# container's memory) plus ~0.5 GiB outside the heap.
-JVM_HEAP_FRACTION = 0.25
+# TorchServe's frontend: the heap cap config.properties sets (vmargs MaxRAMPercentage, of
+# the container's memory) plus ~0.5 GiB outside the heap.
 JVM_OTHER_BYTES = GIB // 2
+
+
+def jvm_heap_fraction() -> float:
+    """The heap's share of the container's memory, from config.properties' vmargs."""
+    text = (ROOT / "serving" / "launcher" / "config.properties").read_text()
+    (vmargs,) = re.findall(r"^vmargs=(.*)$", text, re.MULTILINE)
+    (percent,) = re.findall(r"-XX:MaxRAMPercentage=([0-9.]+)", vmargs)
+    assert "-Xmx" not in vmargs, "one heap setting: MaxRAMPercentage"
+    return float(percent) / 100
 
 
 def _quantity(text: str) -> int:
@@ -53,7 +61,7 @@ def worst_case_bytes(profile: dict, pod_limit: int) -> int:
     """JVM + workers x (base + batchSize x max_pixels x PEAK_BYTES_PER_PIXEL)."""
     per_batch = profile["batchSize"] * profile["handler"]["max_pixels"] * PEAK_BYTES_PER_PIXEL
     workers = profile["maxWorkers"] * (WORKER_BASE_BYTES + per_batch)
-    return int(JVM_HEAP_FRACTION * pod_limit) + JVM_OTHER_BYTES + workers
+    return int(jvm_heap_fraction() * pod_limit) + JVM_OTHER_BYTES + workers
 
 
 def test_the_cpu_profile_worst_case_fits_the_cpu_pod():
