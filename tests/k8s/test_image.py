@@ -212,11 +212,12 @@ def test_image_wheel_lists_agree_with_pyproject(name):
     assert not missing, f"run `make image-lock`: {sorted(missing)}"
 
 
-def test_served_image_holds_the_runtime_and_torchserve_only():
+def test_served_image_holds_the_runtime_torchserve_and_the_grpc_front_only():
     image = read_lock("image")
     assert {"torch", "pillow", "numpy", "torchserve", "torchvision"} <= set(image)  # nvJPEG
-    for not_served in ("timm", "grpcio", "torch-model-archiver", "requests"):
-        assert not_served not in image, f"{not_served} is not used by the served runtime"
+    assert {"grpcio", "protobuf"} <= set(image)  # the gRPC front
+    for not_served in ("timm", "grpcio-tools", "torch-model-archiver", "requests", "tqdm"):
+        assert not_served not in image, f"{not_served} is not used by the served image"
     assert "torch-model-archiver" in read_lock("archive")
 
 
