@@ -445,10 +445,12 @@ def raw_http(
     *,
     timeout: float,
     responses: int = 1,
+    await_close: float = 0.0,
 ) -> dict:
     """Sends ``head`` then ``body`` on one connection (from a thread, so an early answer is
     read while the body is still going) and reads until ``responses`` responses came, the
-    connection ends or ``timeout`` passes. -> answer, seconds, detail."""
+    connection ends or ``timeout`` passes (then, with ``await_close``, up to that long more
+    for the server to close it). -> answer, seconds, detail."""
     host, port = _hostport(url)
     start = time.monotonic()
     sock = socket.create_connection((host, port), timeout=10)
@@ -484,7 +486,9 @@ def raw_http(
         if got and answered_at is None:
             answered_at = time.monotonic() - start
         if sum(complete for _, _, complete in got) >= responses:
-            break
+            if not await_close:
+                break
+            timeout = min(timeout, time.monotonic() - start + await_close)
     elapsed = time.monotonic() - start
     got = _parse_responses(buf)
     with_body = f"{sent[0] / 2**10:.0f} KiB of the body sent" if sent[0] else "no body sent"
@@ -636,7 +640,8 @@ def body_beyond_length(url: str, timeout: float, extra: int = 256 * 1024) -> dic
     junk bytes the length does not cover."""
     photo = PHOTO.read_bytes()
     head = _head(url, {"Content-Type": "image/jpeg", "Content-Length": str(len(photo))})
-    return raw_http(url, head, [photo, b"\x00" * extra], timeout=timeout, responses=2)
+    body = [photo, b"\x00" * extra]
+    return raw_http(url, head, body, timeout=timeout, responses=2, await_close=5)
 
 
 def rest_oversize(url: str, timeout: float, size: int = MAX_REQUEST_SIZE + 2**20) -> dict:
@@ -727,7 +732,7 @@ def grpc_oversize(target: str, timeout: float, size: int = MAX_REQUEST_SIZE + 2*
 
 # HTTP/2 by hand: frame header = length (24 bits), type, flags, stream id.
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_HEADERS, _RST_STREAM, _SETTINGS, _GOAWAY = 0x1, 0x3, 0x4, 0x7
+_HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0x1, 0x3, 0x4, 0x6, 0x7
 _END_HEADERS, _ACK = 0x4, 0x1
 _CANCEL = 0x8
 
@@ -760,7 +765,9 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
     )
     rst = struct.pack(">I", _CANCEL)
     start = time.monotonic()
-    sent, connections, goaways, drops = 0, 0, [], []
+    sent, connections, goaways, drops, ends = 0, 0, [], [], []
+    caught_up: list[float] = []  # when the server acknowledged the PING after the last stream
+    sent_at = 0.0
     while sent < streams and time.monotonic() - start < timeout:
         connections += 1
         try:
@@ -777,9 +784,12 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
             while not done.is_set():
                 try:
                     data = sock.recv(1 << 16)
-                except OSError:
+                except OSError as exc:
+                    if not done.is_set():
+                        ends.append(f"{type(exc).__name__} at {time.monotonic() - start:.1f} s")
                     break
                 if not data:
+                    ends.append(f"closed by the server at {time.monotonic() - start:.1f} s")
                     break
                 buf += data
                 at = 0
@@ -795,6 +805,8 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
                             sock.sendall(_frame(_SETTINGS, _ACK, 0))
                         except OSError:
                             break
+                    elif kind == _PING and flags & _ACK:
+                        caught_up.append(time.monotonic() - start)
                     elif kind == _GOAWAY:
                         code = int.from_bytes(payload[4:8], "big")
                         goaways.append(f"GOAWAY({code:#x}) at {time.monotonic() - start:.1f} s")
@@ -816,6 +828,11 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
                     stream += 2
                 sock.sendall(b"".join(frames))
                 sent += n
+            sent_at = time.monotonic() - start
+            if sent >= streams:  # all sent: how long until the server has read them all?
+                sock.sendall(_frame(_PING, 0, 0, b"caughtup"))
+                while not caught_up and not done.is_set() and time.monotonic() - start < timeout:
+                    time.sleep(0.05)
         except OSError as exc:
             drops.append(
                 f"{type(exc).__name__} at {time.monotonic() - start:.1f} s after {sent} streams"
@@ -824,8 +841,9 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
         sock.close()
         reader.join(2)
     elapsed = time.monotonic() - start
-    ended = "; ".join((goaways + drops)[:4])
-    answer = f"{sent} streams reset in {elapsed:.1f} s on {connections} connection(s)" + (
+    ended = "; ".join((goaways + drops + ends)[:4])
+    read = f", read by the server at {caught_up[0]:.1f} s" if caught_up else ""
+    answer = f"{sent} streams reset by {sent_at:.1f} s{read}, on {connections} conn." + (
         f"; {ended}" if ended else "; never refused"
     )
     return {
@@ -835,6 +853,8 @@ def rapid_reset(target: str, timeout: float, streams: int = 500_000, batch: int 
         "connections": connections,
         "goaways": goaways,
         "drops": drops,
+        "ends": ends,
+        "caught_up_s": caught_up[0] if caught_up else None,
         "detail": f"{sent / max(elapsed, 1e-9):.0f} streams/s",
     }
 
