@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos client-wheel test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java protos client-wheel image test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -74,7 +74,18 @@ prometheus:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
-test: venv java protos k8s-tools prometheus
+# The serving image, colorizer:<version> (k8s/Dockerfile), with a real engine: k8s/image.py
+# installs Debian's docker.io if there is none, starts dockerd (--bridge=none
+# --iptables=false; builds use --network host) if none runs and leaves it running for the
+# tests and the next build (`$(PYTHON) k8s/image.py stop-engine` stops that one, never
+# another), builds on python:3.11-slim-bookworm or, where no registry is reachable, on a
+# local stand-in (it says so), and passes pip's CA bundle as a BuildKit secret.
+# IMAGE_ARGS: more `k8s/image.py build` options (--tag, --target, --build-arg ...).
+IMAGE_ARGS ?=
+image:
+	$(PYTHON) k8s/image.py build $(IMAGE_ARGS)
+
+test: venv java protos k8s-tools prometheus image
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Fuzz photo decoding for FUZZ_SECONDS (atheris); findings land in runs/fuzz/ as crash-*/timeout-*.

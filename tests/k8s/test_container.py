@@ -98,9 +98,12 @@ def pods(engine) -> dict[str, Pod]:
     return out
 
 
-def photo_bytes(path: Path = PHOTO) -> bytes:
-    """A gray JPEG of ``path``: any color in the answer is the model's."""
-    return encode(Image.open(path).convert("L"), "JPEG", quality=95)
+def photo_bytes(path: Path = PHOTO, scale: int = 1) -> bytes:
+    """A gray JPEG of ``path`` (``scale`` times its size): any color in the answer is the
+    model's."""
+    img = Image.open(path).convert("L")
+    img = img.resize((img.width * scale, img.height * scale)) if scale > 1 else img
+    return encode(img, "JPEG", quality=95)
 
 
 def assert_colorized(sent: bytes, answer: bytes) -> None:
@@ -245,7 +248,7 @@ class TestCpuPod:
         """Each container's preStop hook as written, all at once; then SIGTERM to each
         after its own hook, with IN_FLIGHT REST requests in flight at the first one. All
         are answered 200, and every container exits 0 within the grace period."""
-        sent = photo_bytes()
+        sent = photo_bytes(scale=4)  # 6.5 MP: a second or so each, so they are in flight
         url = f"http://127.0.0.1:{cpu_pod.pod.port('http')}/predictions/{C.MODEL_NAME}"
         answers: list[tuple[int, float, str]] = []
         first_term: list[float] = []
@@ -264,7 +267,7 @@ class TestCpuPod:
                 if not first_term:  # requests in flight when the first SIGTERM comes
                     for _ in range(IN_FLIGHT):
                         pool.submit(one)
-                    time.sleep(0.5)
+                    time.sleep(0.2)  # sent, not yet answered
                     first_term.append(time.monotonic())
 
         stopped = cpu_pod.terminate(before_term)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -15,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -123,18 +125,37 @@ def test_each_overlay_serves_its_profile_archive_under_the_model_name(rendered):
         assert args == ["--models", f"{C.MODEL_NAME}={built[overlay]}"], overlay
 
 
+def build_args() -> dict[str, str]:
+    """{name: default} of the ARGs before the first FROM."""
+    return dict(
+        a.partition("=")[::2] for s, i, a in dockerfile_instructions() if i == "ARG" and s == -1
+    )
+
+
+def test_dockerfile_base_is_the_official_python_by_default_and_the_helpers_too():
+    """`docker build -f k8s/Dockerfile .` (README) builds on the official image; the
+    helper's default and its stand-in's name agree, and the stand-in never takes the
+    official name."""
+    image = load_module("image")
+    stages = [a for s, i, a in dockerfile_instructions() if i == "FROM"]
+    assert stages[0] == "${BASE_IMAGE} AS runtime" and stages[1] == "runtime AS archive"
+    base_images = {a.split()[0] for a in stages} - {"runtime"}
+    assert base_images == {"${BASE_IMAGE}"}, "the venv moves between stages: same Python"
+    assert build_args()["BASE_IMAGE"] == image.DEFAULT_BASE == "python:3.11-slim-bookworm"
+    assert image.STANDIN_BASE.startswith("colorizer-base:") and "standin" in image.STANDIN_BASE
+    assert "python3.11" in image.STANDIN_PACKAGES  # the official image's minor version
+
+
 def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
     instructions = dockerfile_instructions()
-    stages = [a for s, i, a in instructions if i == "FROM"]
-    assert stages[0].endswith(" AS runtime") and stages[1] == "runtime AS archive"
-    base_images = {a.split()[0] for a in stages} - {"runtime"}
-    assert len(base_images) == 1, "the venv moves between stages: same Python in both"
-    assert base_images.pop().startswith("python:3.11-")
     final = final_stage(instructions)
     installs = " ".join(a for i, a in final if i == "RUN")
-    assert "openjdk-17-jre-headless" in installs
+    # Java for TorchServe's frontend, tini as PID 1, nginx-light for the REST front.
+    for package in ("openjdk-17-jre-headless", "tini", "nginx-light"):
+        assert package in installs.split(), package
     for build_tool in ("build-essential", "gcc", "g++", "make ", "git", "-dev ", "pip install"):
         assert build_tool not in installs, build_tool
+    assert "dumb-init" not in installs
     copied = [a.split() for i, a in final if i == "COPY" and a.startswith("--from=")]
     # The served venv comes from the runtime stage, never from the stage with the archiver.
     assert ["--from=runtime", "/opt/venv", "/opt/venv"] in copied
@@ -142,9 +163,49 @@ def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
         ["--from=archive", "/model-store", "/home/model-server/model-store"]
     ]
     entrypoint = exec_form([a for i, a in final if i == "ENTRYPOINT"][-1])
-    # tini -g: SIGTERM reaches the JVM and the worker, not only the torchserve launcher.
-    assert entrypoint[:5] == ["tini", "-g", "--", "torchserve", "--foreground"]
+    # tini -g: SIGTERM reaches the JVM and the worker, not only the torchserve launcher;
+    # -e 143: that SIGTERM's exit status counts as a clean stop.
+    assert entrypoint[:7] == ["tini", "-g", "-e", "143", "--", "torchserve", "--foreground"]
     assert "--ts-config" in entrypoint
+
+
+APP = "/home/model-server/app"  # the colorizer's code in the served image
+
+
+def test_served_image_can_import_the_fronts_code_but_workers_use_their_archive():
+    """The gRPC front runs as `python -m serving.front.grpc_front`: serving/ is copied to
+    APP, which a .pth puts on the venv's path after site-packages (not PYTHONPATH, which
+    would come before the archive a TorchServe worker imports serving.runtime from)."""
+    instructions = dockerfile_instructions()
+    final = final_stage(instructions)
+    assert ["serving", f"{APP}/serving"] in [a.split() for i, a in final if i == "COPY"]
+    pth = [a for s, i, a in instructions if i == "RUN" and s == 0 and ".pth" in a]
+    assert len(pth) == 1 and f"echo {APP} >" in pth[0], pth
+    assert not any("PYTHONPATH" in a for i, a in final if i == "ENV")
+
+
+def test_pip_steps_cache_wheels_outside_the_layers_and_take_an_optional_ca():
+    """A rebuild after a requirements change downloads only what changed (pip's cache is a
+    BuildKit cache mount), and the CA secret is optional: a build without it works."""
+    pip_runs = [a for s, i, a in dockerfile_instructions() if i == "RUN" and "pip install" in a]
+    assert len(pip_runs) == 2  # the image list, then the build stage's tools
+    for step in pip_runs:
+        assert "--mount=type=cache,target=/root/.cache/pip" in step
+        assert "--mount=type=secret,id=ca " in step and "required" not in step
+        assert "if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi" in step
+        assert "--no-cache-dir" not in step and "--no-deps" in step and "pip check" in step
+    assert "PIP_NO_CACHE_DIR" not in (K8S / "Dockerfile").read_text()
+
+
+def test_pruned_triton_is_never_needed_by_the_served_code():
+    """The runtime stage deletes triton's files (torch.compile's GPU code generator):
+    the served code runs TorchScript and never compiles."""
+    prune = [a for s, i, a in dockerfile_instructions() if i == "RUN" and "rm -rf" in a and s == 0]
+    assert len(prune) == 1 and '"$site/triton"' in prune[0] and "pip check" in prune[0]
+    for path in [*(REPO / "serving").rglob("*.py"), *(REPO / "handlers").rglob("*.py")]:
+        text = path.read_text()
+        for use in ("torch.compile", "import triton", "torch._inductor", "torch._dynamo"):
+            assert use not in text, f"{path}: {use} needs the triton the image prunes"
 
 
 def test_dockerfile_copies_only_what_the_context_allows_and_the_repo_has():
@@ -176,11 +237,16 @@ def read_lock(name: str) -> dict[str, str]:
     return pinned
 
 
-def load_image_lock_module():
-    spec = importlib.util.spec_from_file_location("image_lock", K8S / "image_lock.py")
+def load_module(name: str):
+    """k8s/<name>.py (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"k8s_{name}", K8S / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_image_lock_module():
+    return load_module("image_lock")
 
 
 @pytest.mark.parametrize("name", ["image", "archive"])
@@ -226,3 +292,45 @@ def test_container_logs_go_to_stdout_only():
     appenders = list(root.find("Appenders"))
     assert [a.tag for a in appenders] == ["Console"]
     assert appenders[0].get("target") == "SYSTEM_OUT"
+
+
+# ---- the build helper (k8s/image.py, `make image`) -------------------------------------
+
+
+def test_helper_tags_the_image_the_manifests_deploy():
+    image = load_module("image")
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (entry,) = [e for e in kustomization["images"] if e["name"] == image.IMAGE_NAME]
+    assert image.default_tag() == f"{image.IMAGE_NAME}:{entry['newTag']}"
+
+
+def test_helper_builds_with_host_network_the_base_arg_and_an_optional_ca():
+    image = load_module("image")
+    cmd = image.build_command("docker", False, "b:1", "colorizer:0.1.0", cert="/ca.pem")
+    assert cmd[:2] == ["docker", "build"] and cmd[-1] == str(REPO)
+    joined = " ".join(cmd)
+    assert f"--file {K8S / 'Dockerfile'}" in joined and "--network host" in joined
+    assert "--build-arg BASE_IMAGE=b:1" in joined and "--secret id=ca,src=/ca.pem" in joined
+    without = image.build_command("docker", True, "b:1", "colorizer:0.1.0")
+    assert without[:4] == ["docker", "buildx", "build", "--load"]
+    assert "--secret" not in without
+    # Never a bridge or NAT rules: no container gets a non-loopback address of its own.
+    assert set(image.DOCKERD_ARGS) == {"--bridge=none", "--iptables=false"}
+
+
+def test_helper_stops_only_a_dockerd_it_started(tmp_path, monkeypatch):
+    """A recorded pid that is not a dockerd (here: this test's own process) is left alone."""
+    monkeypatch.setenv("COLORIZER_IMAGE_STATE", str(tmp_path))
+    image = load_module("image")
+    assert image.stop_engine() is False  # nothing recorded
+    (tmp_path / "dockerd.json").write_text(json.dumps({"pid": os.getpid()}))
+    assert image.stop_engine() is False  # recorded, but not a dockerd: not signalled
+    assert not (tmp_path / "dockerd.json").exists()
+
+
+def test_make_test_builds_the_image_first():
+    makefile = (REPO / "Makefile").read_text()
+    (test_rule,) = re.findall(r"^test:(.*)$", makefile, re.M)
+    assert "image" in test_rule.split()
+    (image_rule,) = re.findall(r"^image:.*\n\t(.*)$", makefile, re.M)
+    assert "k8s/image.py build" in image_rule
