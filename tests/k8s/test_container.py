@@ -242,7 +242,8 @@ class TestCpuPod:
 
     def test_nothing_is_written_outside_the_mounts(self, cpu_pod):
         for name in cpu_pod.names:
-            assert cpu_pod.diff(name) == [], f"{name} wrote outside its mounts"
+            written = cpu_pod.diff(name)
+            assert not written, f"{name} wrote outside its mounts: {written[:8]}"
 
     def test_deletion_drains_in_flight_requests_and_every_container_exits_zero(self, cpu_pod):
         """Each container's preStop hook as written, all at once; then SIGTERM to each
