@@ -16,7 +16,7 @@ from pathlib import Path
 NGINX_CONF = Path(__file__).resolve().parent / "nginx.conf"
 INSTALL_HINT = "install Debian's nginx (apt-get install nginx-light; `make serve` does it)"
 
-_LISTEN = re.compile(r"^(\s*listen\s+)(?:[\w.\[\]:]+:)?(\d+)\b", re.MULTILINE)
+_LISTEN = re.compile(r"^(\s*listen\s+)(?:([\w.\[\]:]+):)?(\d+)\b", re.MULTILINE)
 _UPSTREAM = re.compile(r"^(\s*server\s+127\.0\.0\.1:)(\d+)\b", re.MULTILINE)
 
 
@@ -26,21 +26,21 @@ class FrontConfigError(ValueError):
 
 def render(text: str, host: str, ports: dict[int, int]) -> str:
     """``text`` (nginx.conf) with every listen and upstream port mapped through ``ports``
-    (pod port -> run port) and every listen bound to ``host``."""
+    (pod port -> run port), and every listen without an address of its own (the callers'
+    ports; not the loopback status port) bound to ``host``."""
 
-    def port(match: re.Match[str]) -> str:
-        pod_port = int(match[2])
-        if pod_port not in ports:
+    def port(pod_port: str) -> str:
+        if int(pod_port) not in ports:
             raise FrontConfigError(f"nginx.conf names port {pod_port}, which the run does not map")
-        return str(ports[pod_port])
+        return str(ports[int(pod_port)])
 
-    text = _LISTEN.sub(lambda m: f"{m[1]}{host}:{port(m)}", text)
-    return _UPSTREAM.sub(lambda m: f"{m[1]}{port(m)}", text)
+    text = _LISTEN.sub(lambda m: f"{m[1]}{m[2] or host}:{port(m[3])}", text)
+    return _UPSTREAM.sub(lambda m: f"{m[1]}{port(m[2])}", text)
 
 
 def listen_ports(text: str) -> list[int]:
     """The ports nginx.conf listens on, in file order."""
-    return [int(m[2]) for m in _LISTEN.finditer(text)]
+    return [int(m[3]) for m in _LISTEN.finditer(text)]
 
 
 def upstream_ports(text: str) -> list[int]:

@@ -34,6 +34,7 @@ from serving.runtime.constants import (
     BACKEND_HTTP_PORT,
     BACKEND_METRICS_PORT,
     CANNOT_START,
+    FRONT_STATUS_PORT,
     GRPC_MANAGEMENT_PORT,
     GRPC_PORT,
     HTTP_PORT,
@@ -71,6 +72,7 @@ class Ports:
     backend_http: int = BACKEND_HTTP_PORT
     backend_grpc: int = BACKEND_GRPC_PORT
     backend_metrics: int = BACKEND_METRICS_PORT
+    front_status: int = FRONT_STATUS_PORT
 
     def front_mapping(self) -> dict[int, int]:
         """nginx.conf's ports (the pod's) -> this run's."""

@@ -19,6 +19,7 @@ CANNOT_START = "colorizer cannot start:"
 HTTP_PORT = 8080
 METRICS_PORT = 8082
 GRPC_PORT = 7070
+FRONT_STATUS_PORT = 8083  # nginx's requests in flight, loopback only (k8s/drain.py)
 BACKEND_HTTP_PORT = 9080
 BACKEND_METRICS_PORT = 9082
 BACKEND_GRPC_PORT = 9070

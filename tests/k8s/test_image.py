@@ -163,10 +163,13 @@ def test_dockerfile_final_stage_is_lean_and_starts_torchserve():
         ["--from=archive", "/model-store", "/home/model-server/model-store"]
     ]
     entrypoint = exec_form([a for i, a in final if i == "ENTRYPOINT"][-1])
-    # tini -g: SIGTERM reaches the JVM and the worker, not only the torchserve launcher;
-    # -e 143: that SIGTERM's exit status counts as a clean stop.
-    assert entrypoint[:7] == ["tini", "-g", "-e", "143", "--", "torchserve", "--foreground"]
-    assert "--ts-config" in entrypoint
+    # tini reaps; drain.py --group holds SIGTERM until nothing is in flight, then signals
+    # the JVM and the workers too, not only the torchserve launcher, and exits 0 for it.
+    drain = ["python", "-I", "/home/model-server/drain.py", "--group", "--"]
+    assert entrypoint[:8] == ["tini", "--", *drain[:3], "--group", "--", "torchserve"]
+    assert entrypoint[8] == "--foreground" and "--ts-config" in entrypoint
+    copied_here = " ".join(a for i, a in final if i == "COPY" and not a.startswith("--from="))
+    assert "k8s/drain.py" in copied_here
 
 
 APP = "/home/model-server/app"  # the colorizer's code in the served image

@@ -227,7 +227,7 @@ def test_config_binds_torchserve_to_loopback_behind_the_front(config):
     assert config["grpc_inference_address"] == "127.0.0.1"
     assert int(config["grpc_inference_port"]) == C.BACKEND_GRPC_PORT
     text = nginx.NGINX_CONF.read_text()
-    assert nginx.listen_ports(text) == [C.HTTP_PORT, C.METRICS_PORT]
+    assert nginx.listen_ports(text) == [C.HTTP_PORT, C.FRONT_STATUS_PORT, C.METRICS_PORT]
     assert nginx.upstream_ports(text) == [C.BACKEND_HTTP_PORT, C.BACKEND_METRICS_PORT]
     front = grpc_front.GrpcFrontConfig.from_ts_config(LAUNCHER / "config.properties")
     assert front.backend == f"127.0.0.1:{C.BACKEND_GRPC_PORT}"

@@ -118,8 +118,9 @@ def test_front_configmap_is_the_nginx_conf_colorizer_serve_runs(rendered):
         data = torchserve_configmap(docs, FRONT_CONFIGMAP)["data"]
         assert data == {"nginx.conf": nginx.NGINX_CONF.read_text()}, overlay
     text = nginx.NGINX_CONF.read_text()
-    ports = server.Ports(1, 2, 3, 4, 5, 6, 7, 8)
+    ports = server.Ports(1, 2, 3, 4, 5, 6, 7, 8, 9)
     served = nginx.render(text, "127.0.0.1", ports.front_mapping())
-    changed = [(a, b) for a, b in zip(text.splitlines(), served.splitlines()) if a != b]
-    assert changed and all(("listen" in a or "server 127.0.0.1" in a) for a, _ in changed)
     assert len(served.splitlines()) == len(text.splitlines())
+    pairs = zip(text.splitlines(), served.splitlines(), strict=True)
+    changed = [(a, b) for a, b in pairs if a != b]
+    assert changed and all(("listen" in a or "server 127.0.0.1" in a) for a, _ in changed)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +25,7 @@ def serve_argv(store: Path, state_dir: Path) -> list[str]:
 
     names = list(asdict(Ports()))
     argv = ["serve", "--model-store", str(store), "--state-dir", str(state_dir)]
-    for name, port in zip(names, free_ports(len(names))):
+    for name, port in zip(names, free_ports(len(names)), strict=True):
         argv += [f"--{name.replace('_', '-')}-port", str(port)]
     return argv
 

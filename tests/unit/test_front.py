@@ -102,11 +102,12 @@ def test_nginx_body_cap_is_torchserves_max_request_size():
 
 def test_render_maps_every_port_and_refuses_an_unknown_one():
     text = nginx.NGINX_CONF.read_text()
-    ports = Ports(11, 12, 13, 14, 15, 16, 17, 18)
-    served = nginx.render(text, "127.0.0.1", ports.front_mapping())
-    assert nginx.listen_ports(served) == [ports.http, ports.metrics]
+    ports = Ports(11, 12, 13, 14, 15, 16, 17, 18, 19)
+    served = nginx.render(text, "0.0.0.0", ports.front_mapping())
+    assert nginx.listen_ports(served) == [ports.http, ports.front_status, ports.metrics]
+    assert "listen 127.0.0.1:19;" in served, "the status port stays on loopback"
     assert nginx.upstream_ports(served) == [ports.backend_http, ports.backend_metrics]
-    assert "listen 127.0.0.1:11 backlog=4096;" in served
+    assert "listen 0.0.0.0:11 backlog=4096;" in served
     with pytest.raises(nginx.FrontConfigError, match="port 8080"):
         nginx.render(text, "127.0.0.1", {})
 

@@ -65,7 +65,7 @@ def test_a_port_in_use_is_named():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        others = free_ports(7)
+        others = free_ports(8)
         with pytest.raises(ServeError, match=f"grpc port {port}"):
             check_ports_free("127.0.0.1", Ports(others[0], port, *others[1:]))
         with pytest.raises(ServeError, match=f"backend_grpc port {port}"):
