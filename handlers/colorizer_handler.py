@@ -185,6 +185,15 @@ class ColorizerHandler:
         settings = (context.model_yaml_config or {}).get("handler", {}) or {}
         model_file = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
         device = worker_device(props.get("gpu_id"))
+        if settings.get("device") == "cuda" and device.type != "cuda":
+            # The gpu profile's batch of 64 cannot even warm up within its startupTimeout
+            # on a CPU node: refuse at once, in words, rather than restart for ever.
+            reason = (
+                "this archive's profile needs a CUDA GPU and torch sees none here; run the "
+                "cpu archive (colorizer-cpu.mar, the cpu overlay) on CPU nodes"
+            )
+            log.error("%s %s", CANNOT_START, reason)  # `colorizer serve` stops on this line
+            raise RuntimeError(reason)
         if settings.get("threads"):  # else torch's default: OMP_NUM_THREADS or all cores
             torch.set_num_threads(int(settings["threads"]))
         batch_size = int(props.get("batch_size") or 1)

@@ -45,6 +45,19 @@ def test_initialize_picks_cpu_and_logs_dtype(model_dir, caplog):
     assert ready and "device=cpu" in ready[0] and "dtype=" in ready[0]
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_a_profile_that_needs_a_gpu_refuses_to_start_without_one(model_dir, caplog):
+    """The gpu archive on a CPU node: one clear CANNOT_START line, not a CPU run at batch 64."""
+    from serving.runtime.constants import CANNOT_START
+
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        Harness(model_dir, {"device": "cuda"})
+    (line,) = [r.getMessage() for r in caplog.records if CANNOT_START in r.getMessage()]
+    assert "colorizer-cpu.mar" in line
+
+
 def test_threads_setting_from_model_config(model_dir, caplog):
     before = torch.get_num_threads()
     try:
