@@ -455,6 +455,7 @@ def raw_http(
     start = time.monotonic()
     sock = socket.create_connection((host, port), timeout=10)
     sent = [0]
+    sent_s: list[float] = []  # when the last byte went out
     send_error: list[str] = []
 
     def send() -> None:
@@ -463,6 +464,7 @@ def raw_http(
             for chunk in body:
                 sock.sendall(chunk)
                 sent[0] += len(chunk)
+            sent_s.append(time.monotonic() - start)
         except OSError as exc:
             send_error.append(type(exc).__name__)
 
@@ -503,6 +505,7 @@ def raw_http(
             "statuses": [s for s, _, _ in got],
             "closed": bool(closed),
             "closed_s": elapsed if closed else None,
+            "sent_s": sent_s[0] if sent_s else None,
             "detail": with_body,
         }
     if closed:
