@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv java protos client-wheel image test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
+.PHONY: venv java front protos client-wheel image test lint fuzz device-bundle serve stop clean default-model k8s-tools k8s-render image-lock prometheus
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ java:
 	@if ! java -version 2>&1 | grep -q 'version "1[7-9]\|version "2[0-9]'; then \
 	  echo "installing openjdk-17-jre-headless"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
+	fi
+
+# The REST front (serving/front/nginx.conf): Debian's nginx, which `colorizer serve` runs
+# before TorchServe as the pod's front-http container does.
+front:
+	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx; then \
+	  echo "installing nginx-light"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light; \
 	fi
 
 # gRPC stubs from the .proto files shipped inside the installed TorchServe.
@@ -85,7 +93,7 @@ IMAGE_ARGS ?=
 image:
 	$(PYTHON) k8s/image.py build $(IMAGE_ARGS)
 
-test: venv java protos k8s-tools prometheus image
+test: venv java front protos k8s-tools prometheus image
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Fuzz photo decoding for FUZZ_SECONDS (atheris); findings land in runs/fuzz/ as crash-*/timeout-*.
@@ -108,7 +116,7 @@ device-bundle: venv
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-serve: venv java protos
+serve: venv java front protos
 	$(VENV)/bin/colorizer serve
 
 stop: venv
