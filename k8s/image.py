@@ -22,6 +22,9 @@ Standard library only, so it runs with any Python 3.10+ (``make image`` runs
     k8s/base/kustomization.yaml deploys. pip's CA bundle, when one is configured
     (``PIP_CERT``, else ``pip config get global.cert``), is passed as the optional
     BuildKit secret ``ca``: needed behind a TLS-intercepting proxy, never stored in a layer.
+    ``--torch-variant cpu`` builds the CPU-only variant (the Dockerfile's TORCH_VARIANT),
+    tagged ``colorizer:<version>-cpu``: torch from a ``+cpu`` wheel in k8s/wheelhouse/
+    (``--wheelhouse DIR`` copies one there first), no CUDA wheels, no torchvision.
 ``stop-engine``
     Stops the dockerd this helper recorded as started, and nothing else: a daemon
     someone else started is left alone. ``--pid N`` stops it only if it is that pid.
@@ -59,6 +62,8 @@ STATE_DIR = Path(os.environ.get("COLORIZER_IMAGE_STATE", "/run/colorizer-image")
 STATE = STATE_DIR / "dockerd.json"
 DOCKERD_LOG = Path("/var/log/colorizer-dockerd.log")
 ENGINE_WAIT_S = 90
+WHEELHOUSE = REPO / "k8s" / "wheelhouse"  # the runtime-cpu stage's bind mount (git-ignored)
+VARIANTS = ("cuda", "cpu")  # the Dockerfile's TORCH_VARIANT
 
 
 def say(msg: str) -> None:
@@ -72,6 +77,46 @@ def version() -> str:
 
 def default_tag() -> str:
     return f"{IMAGE_NAME}:{version()}"
+
+
+def variant_tag(tag: str, variant: str) -> str:
+    """The default variant keeps the tag the manifests deploy; others get a suffix."""
+    return tag if variant == VARIANTS[0] else f"{tag}-{variant}"
+
+
+def pinned_torch() -> str:
+    for line in (REPO / "k8s" / "requirements-image.txt").read_text().splitlines():
+        if line.startswith("torch=="):
+            return line.removeprefix("torch==")
+    raise SystemExit("image: no torch pin in k8s/requirements-image.txt")
+
+
+def cpu_torch_version(source: Path | None) -> str:
+    """Copy the +cpu torch wheels for this Python (cp311) from `source` into
+    k8s/wheelhouse/; return the one version there (the build's TORCH_CPU_VERSION)."""
+    pattern = "torch-*+cpu-cp311-cp311-*.whl"
+    if source is not None:
+        found = sorted(source.glob(pattern))
+        if not found:
+            raise SystemExit(f"image: no {pattern} in {source}")
+        for wheel in found:
+            target = WHEELHOUSE / wheel.name
+            if not target.exists():
+                shutil.copy2(wheel, target)
+    versions = {w.name.split("-")[1].removesuffix("+cpu") for w in WHEELHOUSE.glob(pattern)}
+    if len(versions) != 1:
+        raise SystemExit(
+            f"image: the cpu variant needs one CPU torch in {WHEELHOUSE} ({pattern}), found "
+            f"{sorted(versions) or 'none'}: --wheelhouse DIR, or pip download it there "
+            "(k8s/Dockerfile, TORCH_VARIANT)"
+        )
+    (found_version,) = versions
+    if found_version != pinned_torch():
+        say(
+            f"CPU TORCH {found_version}: not the pinned {pinned_torch()} (the wheel at hand); "
+            "the archives and the model are checked against it by the container tests"
+        )
+    return found_version
 
 
 # ---- the client -----------------------------------------------------------------------
@@ -313,12 +358,18 @@ def build(
     target: str | None = None,
     build_args: tuple[str, ...] = (),
     contexts: tuple[str, ...] = (),
+    torch_variant: str = VARIANTS[0],
+    wheelhouse: Path | None = None,
 ) -> str:
     """Build k8s/Dockerfile; returns the tag."""
     ensure_engine()
     docker, buildx = client()
     base = ensure_base(docker, base)
-    tag = tag or default_tag()
+    tag = tag or variant_tag(default_tag(), torch_variant)
+    if torch_variant != VARIANTS[0]:
+        build_args = (*build_args, f"TORCH_VARIANT={torch_variant}")
+    if torch_variant == "cpu":
+        build_args = (*build_args, f"TORCH_CPU_VERSION={cpu_torch_version(wheelhouse)}")
     cert = pip_cert()
     cmd = build_command(docker, buildx, base, tag, target, cert, build_args, contexts)
     say(" ".join(cmd))
@@ -354,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--target", help="Dockerfile stage (default: the last, serve)")
     b.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
     b.add_argument("--build-context", action="append", default=[], metavar="NAME=PATH")
+    b.add_argument("--torch-variant", choices=VARIANTS, default=VARIANTS[0])
+    b.add_argument("--wheelhouse", type=Path, help="copy the cpu variant's torch wheel from here")
     args = parser.parse_args(argv)
     if args.command == "ensure-engine":
         ensure_engine()
@@ -363,7 +416,15 @@ def main(argv: list[str] | None = None) -> int:
         ensure_engine()
         print(ensure_base(client()[0], args.base))
     else:
-        build(args.tag, args.base, args.target, tuple(args.build_arg), tuple(args.build_context))
+        build(
+            args.tag,
+            args.base,
+            args.target,
+            tuple(args.build_arg),
+            tuple(args.build_context),
+            args.torch_variant,
+            args.wheelhouse,
+        )
     return 0
 
 

@@ -125,6 +125,13 @@ def test_each_overlay_serves_its_profile_archive_under_the_model_name(rendered):
         assert args == ["--models", f"{C.MODEL_NAME}={built[overlay]}"], overlay
 
 
+def stage_runs(name: str) -> list[str]:
+    """The RUN arguments of the stage named ``name``."""
+    instructions = dockerfile_instructions()
+    (index,) = {s for s, i, a in instructions if i == "FROM" and a.endswith(f" AS {name}")}
+    return [a for s, i, a in instructions if s == index and i == "RUN"]
+
+
 def build_args() -> dict[str, str]:
     """{name: default} of the ARGs before the first FROM."""
     return dict(
@@ -137,10 +144,13 @@ def test_dockerfile_base_is_the_official_python_by_default_and_the_helpers_too()
     helper's default and its stand-in's name agree, and the stand-in never takes the
     official name."""
     image = load_module("image")
-    stages = [a for s, i, a in dockerfile_instructions() if i == "FROM"]
-    assert stages[0] == "${BASE_IMAGE} AS runtime" and stages[1] == "runtime AS archive"
-    base_images = {a.split()[0] for a in stages} - {"runtime"}
+    stages = dict(reversed(a.split(" AS ")) for s, i, a in dockerfile_instructions() if i == "FROM")
+    assert stages["venv"] == "${BASE_IMAGE}" and stages["archive"] == "runtime"
+    assert stages["runtime-cuda"] == stages["runtime-cpu"] == "venv"
+    assert stages["runtime"] == "runtime-${TORCH_VARIANT}"
+    base_images = set(stages.values()) - set(stages) - {"runtime-${TORCH_VARIANT}"}
     assert base_images == {"${BASE_IMAGE}"}, "the venv moves between stages: same Python"
+    assert build_args()["TORCH_VARIANT"] == "cuda"  # one image for CPU and GPU nodes
     assert build_args()["BASE_IMAGE"] == image.DEFAULT_BASE == "python:3.11-slim-bookworm"
     assert image.STANDIN_BASE.startswith("colorizer-base:") and "standin" in image.STANDIN_BASE
     assert "python3.11" in image.STANDIN_PACKAGES  # the official image's minor version
@@ -182,7 +192,7 @@ def test_served_image_can_import_the_fronts_code_but_workers_use_their_archive()
     instructions = dockerfile_instructions()
     final = final_stage(instructions)
     assert ["serving", f"{APP}/serving"] in [a.split() for i, a in final if i == "COPY"]
-    pth = [a for s, i, a in instructions if i == "RUN" and s == 0 and ".pth" in a]
+    pth = [a for a in stage_runs("venv") if ".pth" in a]
     assert len(pth) == 1 and f"echo {APP} >" in pth[0], pth
     assert not any("PYTHONPATH" in a for i, a in final if i == "ENV")
 
@@ -191,7 +201,7 @@ def test_pip_steps_cache_wheels_outside_the_layers_and_take_an_optional_ca():
     """A rebuild after a requirements change downloads only what changed (pip's cache is a
     BuildKit cache mount), and the CA secret is optional: a build without it works."""
     pip_runs = [a for s, i, a in dockerfile_instructions() if i == "RUN" and "pip install" in a]
-    assert len(pip_runs) == 2  # the image list, then the build stage's tools
+    assert len(pip_runs) == 3  # the image list (cuda or cpu variant), the build stage's tools
     for step in pip_runs:
         assert "--mount=type=cache,target=/root/.cache/pip" in step
         assert "--mount=type=secret,id=ca " in step and "required" not in step
@@ -203,7 +213,7 @@ def test_pip_steps_cache_wheels_outside_the_layers_and_take_an_optional_ca():
 def test_pruned_triton_is_never_needed_by_the_served_code():
     """The runtime stage deletes triton's files (torch.compile's GPU code generator):
     the served code runs TorchScript and never compiles."""
-    prune = [a for s, i, a in dockerfile_instructions() if i == "RUN" and "rm -rf" in a and s == 0]
+    prune = [a for a in stage_runs("runtime-cuda") if "rm -rf" in a]
     assert len(prune) == 1 and '"$site/triton"' in prune[0] and "pip check" in prune[0]
     for path in [*(REPO / "serving").rglob("*.py"), *(REPO / "handlers").rglob("*.py")]:
         text = path.read_text()
@@ -337,3 +347,23 @@ def test_make_test_builds_the_image_first():
     assert "image" in test_rule.split()
     (image_rule,) = re.findall(r"^image:.*\n\t(.*)$", makefile, re.M)
     assert "k8s/image.py build" in image_rule
+
+
+def test_cpu_variant_has_no_cuda_wheels_and_takes_torch_from_the_wheelhouse():
+    """TORCH_VARIANT=cpu: the pinned list minus torch, torchvision, triton and the CUDA
+    wheels, plus a +cpu torch from k8s/wheelhouse (never from an index); pip check."""
+    (step,) = [a for a in stage_runs("runtime-cpu") if "pip install" in a]
+    assert "--mount=type=bind,source=k8s/wheelhouse,target=/wheelhouse" in step
+    assert '--no-index --find-links /wheelhouse "torch==${version}+cpu"' in step
+    dropped = re.search(r"grep -vE '\^\((.*?)\)==' /tmp/requirements-image.txt", step)[1]
+    pattern = re.compile(rf"^({dropped})$")
+    image = read_lock("image")
+    gone = {name for name in image if pattern.match(name)}
+    assert {"torch", "torchvision", "triton"} <= gone
+    assert {n for n in image if n.startswith(("nvidia-", "cuda-"))} <= gone
+    assert not gone & {"torchserve", "pillow", "numpy", "grpcio", "protobuf", "pyyaml"}
+    assert step.rstrip().endswith("-delete") and "pip check" in step
+    image_helper = load_module("image")
+    assert image_helper.variant_tag("colorizer:0.1.0", "cpu") == "colorizer:0.1.0-cpu"
+    assert (K8S / "wheelhouse" / ".gitignore").is_file()  # the bind mount's source exists
+    assert "!k8s/wheelhouse/" in (K8S / "Dockerfile.dockerignore").read_text().splitlines()
