@@ -25,6 +25,7 @@ RUNTIME_MODULES = {
     "device",
     "errors",
     "imageio",
+    "forms",
     "request_meta",
     "model_spec",
     "nvjpeg",
