@@ -219,15 +219,20 @@ def ready_workers(state: ServerState) -> int:
     return ready if ready >= max(1, int(model.get("minWorkers", 1))) else 0
 
 
-def _launcher(state: ServerState) -> psutil.Process | None:
-    """The run's torchserve launcher process, if it is still the one we started."""
+def _started_process(pid: int, started: float) -> psutil.Process | None:
+    """Process ``pid`` if it is still the one created at ``started`` (not a reused pid)."""
     try:
-        proc = psutil.Process(state.launcher_pid)
-        if abs(proc.create_time() - state.launcher_started) < 1.0:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - started) < 1.0:
             return proc
     except psutil.Error:
         pass
     return None
+
+
+def _launcher(state: ServerState) -> psutil.Process | None:
+    """The run's torchserve launcher process, if it is still the one we started."""
+    return _started_process(state.launcher_pid, state.launcher_started)
 
 
 def _java_from_pid_file(state_dir: Path) -> psutil.Process | None:
@@ -364,14 +369,12 @@ def start_front(
 
 
 def _front_process(front: FrontProcess) -> psutil.Process | None:
-    """The running front process, if it is still the one we started."""
+    """The running front process, if it is still the one we started (and not a zombie)."""
+    proc = _started_process(front.pid, front.started)
     try:
-        proc = psutil.Process(front.pid)
-        if abs(proc.create_time() - front.started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
+        return proc if proc is not None and proc.status() != psutil.STATUS_ZOMBIE else None
     except psutil.Error:
-        pass
-    return None
+        return None
 
 
 # How each front process stops without dropping a request in flight.
