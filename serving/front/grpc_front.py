@@ -34,7 +34,7 @@ from pathlib import Path
 import grpc
 
 from serving.runtime.constants import GRPC_PORT, MAX_FORM_PARTS
-from serving.runtime.errors import GRPC_CODE_FOR_HTTP, BodyTooLarge, ColorizerError, TooManyInputs
+from serving.runtime.errors import GRPC_CODE_FOR_HTTP, ColorizerError, TooManyInputs
 
 log = logging.getLogger("colorizer.grpc_front")
 
@@ -77,14 +77,19 @@ class GrpcFrontConfig:
         return cls(**{**derived, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def read_properties(path: Path) -> dict[str, str]:
+def parse_properties(text: str) -> dict[str, str]:
     """``key=value`` lines of a Java properties file (no continuations), comments skipped."""
     props = {}
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         key, sep, value = line.strip().partition("=")
         if sep and not key.startswith(("#", "!")):
             props[key.strip()] = value.strip()
     return props
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """``parse_properties`` of the file at ``path``."""
+    return parse_properties(Path(path).read_text())
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -130,11 +135,8 @@ def count_inputs(message: bytes, limit: int) -> int:
 
 
 def check_predictions_request(message: bytes, config: GrpcFrontConfig) -> None:
-    """Raise the ColorizerError TorchServe must not be handed ``message`` for."""
-    if len(message) > config.max_request_bytes:  # grpcio refuses these first; kept as a guard
-        raise BodyTooLarge(
-            f"the message is {len(message)} bytes; at most {config.max_request_bytes} accepted"
-        )
+    """Raise the ColorizerError TorchServe must not be handed ``message`` for. (Messages
+    over ``max_request_bytes`` never get here: grpcio refuses them with RESOURCE_EXHAUSTED.)"""
     try:
         n = count_inputs(message, config.max_inputs)
     except ValueError as exc:

@@ -34,6 +34,7 @@ import requests
 from PIL import Image
 
 from serving.client import NO_RETRY, ColorizerClient
+from serving.front.grpc_front import parse_properties
 from serving.runtime import constants as C
 from tests.support.k8s import kustomize
 from tests.support.paths import K8S, PHOTOS
@@ -137,10 +138,9 @@ def model_store(pod: Pod) -> str:
     for volume in pod.volumes.values():
         if "configMap" in volume:
             data = pod.config_map(volume["configMap"]["name"]).get("data", {})
-            for line in data.get("config.properties", "").splitlines():
-                key, sep, value = line.strip().partition("=")
-                if sep and key.strip() == "model_store":
-                    return value.strip()
+            props = parse_properties(data.get("config.properties", ""))
+            if "model_store" in props:
+                return props["model_store"]
     raise AssertionError("no ConfigMap with a config.properties naming model_store")
 
 

@@ -41,14 +41,11 @@ def kustomize(path: Path) -> str:
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """key=value lines of a Java properties file (the subset config.properties uses)."""
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
+    """key=value lines of a Java properties file: the parser the gRPC front reads
+    config.properties with."""
+    from serving.front.grpc_front import parse_properties
+
+    return parse_properties(path.read_text())
 
 
 def objects(docs: list[dict], kind: str) -> list[dict]:
