@@ -221,10 +221,10 @@ def _busy(core: int, until: float) -> None:
 _MP = multiprocessing.get_context("spawn")
 
 
-@dataclass
-class Baseline:
+class _Percentiles:
+    """p50 and p99 of a normal caller's ``latencies``."""
+
     latencies: list[float]
-    failures: list[str]
 
     @property
     def p50(self) -> float:
@@ -233,6 +233,12 @@ class Baseline:
     @property
     def p99(self) -> float:
         return percentile(self.latencies, 99)
+
+
+@dataclass
+class Baseline(_Percentiles):
+    latencies: list[float]
+    failures: list[str]
 
 
 def fair_baseline(url: str, samples: int = 200, photo: bytes | None = None) -> Baseline:
@@ -261,7 +267,7 @@ def fair_baseline(url: str, samples: int = 200, photo: bytes | None = None) -> B
 
 
 @dataclass
-class Result:
+class Result(_Percentiles):
     attack: str
     answer: str
     seconds: float  # when the attacker got its answer (or gave up), from its start
@@ -274,14 +280,6 @@ class Result:
     workers_same: bool
     wall_s: float
     raw: dict = field(default_factory=dict)
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies, 50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.latencies, 99)
 
     def growth_mib(self, name: str) -> float:
         return self.peak_mib[name] - self.start_mib[name]
