@@ -37,15 +37,13 @@ from urllib.parse import urlsplit
 import psutil
 import requests
 
-from tests.support.paths import PHOTOS, REPO
+from serving.front.grpc_front import read_properties
+from serving.front.nginx import NGINX_CONF
+from tests.support.paths import LAUNCHER, PHOTOS
 
 MODEL = "colorizer"
 PREDICTIONS_PATH = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PHOTO = PHOTOS / "gcompris-cat-chair.jpg"  # 11.7 kB: a small real JPEG
-MAX_REQUEST_SIZE = 104_857_600  # max_request_size, serving/launcher/config.properties
-# What the REST front gives an incomplete request (nginx client_header_timeout and
-# client_body_timeout), when no front configuration says otherwise: front_idle_timeout_s().
-DEFAULT_FRONT_IDLE_TIMEOUT_S = 10.0
 ATTACK_TIMEOUT_S = 60.0  # the attacker gives up waiting for an answer after this
 MIN_WINDOW_S = 5.0  # the normal caller is measured at least this long per attack
 
@@ -53,25 +51,12 @@ MIN_WINDOW_S = 5.0  # the normal caller is measured at least this long per attac
 # --- the server's processes ----------------------------------------------------------------
 
 
-def jvm_pid(server) -> int:
-    """TorchServe's JVM pid for a ``served()`` server: the ONE place that knows where it is.
-
-    A server that names it (``server.jvm_pid``, once a front stands before TorchServe) is
-    believed; otherwise TorchServe's own pid file in its state folder.
-    """
-    pid = getattr(server, "jvm_pid", None)
-    if pid is not None:
-        return int(pid)
-    return int((Path(server.state_dir) / "tmp" / ".model_server.pid").read_text().strip())
-
-
 def watched_pids(server) -> dict[str, int]:
     """name -> pid of the server processes whose memory and life an attack watches: the JVM
-    and, where ``served()`` names them (``server.front``: name -> process or pid), the
-    fronts with their children (nginx's workers)."""
-    pids = {"jvm": jvm_pid(server)}
-    for name, proc in (getattr(server, "front", None) or {}).items():
-        proc = proc if isinstance(proc, psutil.Process) else psutil.Process(int(proc))
+    and the fronts that ``served()`` names (``server.front``: name -> process), with their
+    children (nginx's workers)."""
+    pids = {"jvm": server.jvm_pid}
+    for name, proc in server.front.items():
         pids[name] = proc.pid
         for i, child in enumerate(proc.children(recursive=True)):
             pids[f"{name}/{i + 1}"] = child.pid
@@ -90,20 +75,17 @@ def worker_pids(jvm: int) -> set[int]:
     return found
 
 
-def front_idle_timeout_s(root: Path = REPO) -> float:
-    """The longest of the REST front's client_header_timeout / client_body_timeout, read
-    from an nginx configuration under serving/ when there is one; else the constant."""
+def front_idle_timeout_s(conf: Path = NGINX_CONF) -> float:
+    """The longest of the REST front's client_header_timeout / client_body_timeout, as
+    serving/front/nginx.conf sets them (it must set them)."""
     found = []
-    for conf in sorted((root / "serving").rglob("*nginx*.conf*")):
-        if not conf.is_file():
-            continue
-        text = conf.read_text(errors="replace")
-        for m in re.finditer(
-            r"^\s*client_(?:header|body)_timeout\s+(\d+)(ms|s|m)?\s*;", text, re.M
-        ):
-            value, unit = float(m.group(1)), m.group(2) or "s"
-            found.append(value / 1000 if unit == "ms" else value * 60 if unit == "m" else value)
-    return max(found) if found else DEFAULT_FRONT_IDLE_TIMEOUT_S
+    for m in re.finditer(
+        r"^\s*client_(?:header|body)_timeout\s+(\d+)(ms|s|m)?\s*;", conf.read_text(), re.M
+    ):
+        value, unit = float(m.group(1)), m.group(2) or "s"
+        found.append(value / 1000 if unit == "ms" else value * 60 if unit == "m" else value)
+    assert found, f"{conf} sets no client_header_timeout / client_body_timeout"
+    return max(found)
 
 
 class RssSampler(threading.Thread):
@@ -645,8 +627,15 @@ def body_beyond_length(url: str, timeout: float, extra: int = 256 * 1024) -> dic
     return raw_http(url, head, body, timeout=timeout, responses=2, await_close=5)
 
 
-def rest_oversize(url: str, timeout: float, size: int = MAX_REQUEST_SIZE + 2**20) -> dict:
+def over_the_cap() -> int:
+    """max_request_size (the cap on REST bodies and gRPC messages that the front and
+    TorchServe share, serving/launcher/config.properties) + 1 MiB."""
+    return int(read_properties(LAUNCHER / "config.properties")["max_request_size"]) + 2**20
+
+
+def rest_oversize(url: str, timeout: float, size: int | None = None) -> dict:
     """A REST body over the request size cap (max_request_size + 1 MiB)."""
+    size = size or over_the_cap()
     head = _head(url, {"Content-Type": "image/jpeg", "Content-Length": str(size)})
     body = b"\x00" * size
     return raw_http(url, head, _chunks(body), timeout=timeout)
@@ -724,9 +713,9 @@ def grpc_map_flood(target: str, timeout: float, entries: int = 5_000_000, calls:
     return result
 
 
-def grpc_oversize(target: str, timeout: float, size: int = MAX_REQUEST_SIZE + 2**20) -> dict:
+def grpc_oversize(target: str, timeout: float, size: int | None = None) -> dict:
     """A PredictionsRequest over the message size cap: ``data`` of max_request_size + 1 MiB."""
-    data = b"\x00" * size
+    data = b"\x00" * (size or over_the_cap())
     message = _field(1, MODEL.encode()) + _field(3, _field(1, b"data") + _field(2, data))
     return _grpc_call(target, [message], timeout)
 

@@ -18,6 +18,7 @@ import yaml
 
 from serving.benchmark import gray_jpeg
 from serving.runtime.pipeline import PEAK_BYTES_PER_PIXEL
+from tests.support.pod import quantity
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
@@ -38,12 +39,6 @@ def jvm_heap_fraction() -> float:
     return float(percent) / 100
 
 
-def _quantity(text: str) -> int:
-    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-    number, unit = re.fullmatch(r"([0-9.]+)([KMGT]i)?", str(text)).groups()
-    return int(float(number) * units.get(unit, 1))
-
-
 CPU_POD = ROOT / "k8s" / "base" / "deployment.yaml"
 GPU_POD = ROOT / "k8s" / "overlays" / "gpu" / "deployment-patch.yaml"
 
@@ -54,7 +49,7 @@ def pod_memory_limit(manifest: Path) -> int:
     (container,) = [
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
     ]
-    return _quantity(container["resources"]["limits"]["memory"])
+    return int(quantity(container["resources"]["limits"]["memory"]))
 
 
 def worst_case_bytes(profile: dict, pod_limit: int) -> int:
