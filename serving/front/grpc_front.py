@@ -38,7 +38,8 @@ from serving.runtime.errors import GRPC_CODE_FOR_HTTP, ColorizerError, TooManyIn
 
 log = logging.getLogger("colorizer.grpc_front")
 
-SERVICE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
+SERVICE_NAME = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
+SERVICE = f"/{SERVICE_NAME}/"
 UNARY_METHODS = ("Ping", "Predictions")  # what the colorizer's callers use
 INPUT_FIELD = 3  # PredictionsRequest.input: map<string, bytes> = 3
 MAX_INPUTS = MAX_FORM_PARTS  # the same cap as a multipart body's fields
@@ -185,14 +186,14 @@ class Front:
 
     def handler(self) -> grpc.GenericRpcHandler:
         handlers = {
-            SERVICE + name: grpc.unary_unary_rpc_method_handler(
+            name: grpc.unary_unary_rpc_method_handler(
                 self._forwarder(name),
                 request_deserializer=_identity,
                 response_serializer=_identity,
             )
             for name in UNARY_METHODS
         }
-        return _Handlers(handlers)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     def _forwarder(self, name: str):
         call = self._calls[name]
@@ -213,16 +214,6 @@ class Front:
                 await context.abort(exc.code(), exc.details() or "")
 
         return forward
-
-
-class _Handlers(grpc.GenericRpcHandler):
-    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._handlers = handlers
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        return self._handlers.get(handler_call_details.method)
 
 
 def server_options(config: GrpcFrontConfig) -> list[tuple[str, int]]:
