@@ -305,9 +305,10 @@ def _pipeline_worker(model: str, device: str, precision: str, threads: int, data
     return start, time.time(), time.process_time() - cpu
 
 
-def in_process_throughput(args: argparse.Namespace, data: bytes) -> tuple[float, float]:
+def in_process_throughput(args: argparse.Namespace, data: bytes) -> tuple[float, float, float]:
     """(images/s of ``--parallel`` pipelines in separate processes on the same photo, the
-    images/s they would reach on dedicated cores from their CPU time, as for a server)."""
+    images/s they would reach on dedicated cores from their CPU time, as for a server,
+    their CPU ms per image)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -319,27 +320,58 @@ def in_process_throughput(args: argparse.Namespace, data: bytes) -> tuple[float,
     images = args.parallel * args.requests
     cpu = [c for _, _, c in spans]
     dedicated = images / max(sum(cpu) / (os.cpu_count() or 1), max(cpu))
-    return images / elapsed, dedicated
+    return images / elapsed, dedicated, 1e3 * sum(cpu) / images
 
 
-def server_cpu_seconds(state_dir: Path | None) -> dict[int, tuple[bool, float]] | None:
+# Who spends a served photo's CPU time: TorchServe's workers, the rest of TorchServe (its
+# Java frontend and launcher), and the front before it (serving/front/).
+ROLES = ("worker", "torchserve", "front-http", "front-grpc")
+
+
+def process_role(cmdline: str, front: str | None = None) -> str:
+    """The ``ROLES`` entry of a server process: ``front`` (the front process's name, for
+    the processes `colorizer serve` started before TorchServe) or, under TorchServe, a
+    worker or the rest."""
+    if front is not None:
+        return front
+    return "worker" if "model_service_worker" in cmdline else "torchserve"
+
+
+def server_cpu_seconds(state_dir: Path | None) -> dict[int, tuple[str, float]] | None:
     """CPU seconds used so far by each process of the server `colorizer serve --state-dir`
-    started: pid -> (is a worker, seconds); None without a state folder."""
+    started (TorchServe, its workers, and the front's processes with their children):
+    pid -> (role, seconds), role one of ``ROLES``; None without a state folder."""
     if state_dir is None:
         return None
     import psutil
 
-    launcher = json.loads((state_dir / "server.json").read_text())["launcher_pid"]
-    root = psutil.Process(launcher)
+    data = json.loads((state_dir / "server.json").read_text())
+    roots = [(data["launcher_pid"], None)]
+    roots += [(front["pid"], front["name"]) for front in data.get("front", [])]
     used = {}
-    for proc in [root, *root.children(recursive=True)]:
+    for pid, front in roots:
         try:
-            times = proc.cpu_times()
-            worker = "model_service_worker" in " ".join(proc.cmdline())
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
-        used[proc.pid] = (worker, times.user + times.system)
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                role = process_role(" ".join(proc.cmdline()), front)
+            except psutil.NoSuchProcess:
+                continue
+            used[proc.pid] = (role, times.user + times.system)
     return used
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each role spent between two ``server_cpu_seconds`` readings (a process
+    that started in between counts from 0); every role of ``ROLES`` is present."""
+    spent = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return spent
 
 
 def dedicated_cores_img_s(before: dict, after: dict, images: int) -> tuple[float, float]:
@@ -350,30 +382,38 @@ def dedicated_cores_img_s(before: dict, after: dict, images: int) -> tuple[float
     leaves one worker idle shows here as well as in wall time, and a shared machine's load
     does not.
     """
-    spent = {pid: after[pid][1] - before.get(pid, (False, 0.0))[1] for pid in after}
+    spent = {pid: after[pid][1] - before.get(pid, ("", 0.0))[1] for pid in after}
     total = sum(spent.values())
-    busiest = max((spent[pid] for pid in after if after[pid][0]), default=0.0)
+    busiest = max((spent[pid] for pid in after if after[pid][0] == "worker"), default=0.0)
     return total / images, images / max(total / (os.cpu_count() or 1), busiest)
 
 
 def served_throughput(
     protocol: str, target: str, data: bytes, requests: int, conc: int, state_dir: Path | None
-) -> tuple[float, tuple[float, float] | None]:
-    """-> (images/s of a running service with ``conc`` in flight (JPEG out),
-    ``dedicated_cores_img_s`` or None without ``state_dir``)."""
+) -> tuple[float, dict | None]:
+    """-> (images/s of a running service with ``conc`` in flight (JPEG out), None without
+    ``state_dir``, else {"dedicated": ``dedicated_cores_img_s``, "cpu_ms_per_img": CPU ms
+    per image of each role (``cpu_by_role``) and of this load generator ("client")}).
+    """
     from serving.client.sdk import ColorizerClient
 
     url, grpc_target = (target, None) if protocol == "rest" else (None, target)
     with ColorizerClient(url, grpc_target, pool_size=conc) as client:
         with ThreadPoolExecutor(max_workers=conc) as pool:
             list(pool.map(lambda _: client.colorize(data, "jpeg"), range(2 * conc)))  # warm
-            cpu = server_cpu_seconds(state_dir)
+            cpu, client_cpu = server_cpu_seconds(state_dir), time.process_time()
             start = time.perf_counter()
             list(pool.map(lambda _: client.colorize(data, "jpeg"), range(requests)))
             elapsed = time.perf_counter() - start
-            cpu_after = server_cpu_seconds(state_dir)
-    dedicated = None if cpu is None else dedicated_cores_img_s(cpu, cpu_after, requests)
-    return requests / elapsed, dedicated
+            cpu_after, client_cpu = server_cpu_seconds(state_dir), time.process_time() - client_cpu
+    if cpu is None:
+        return requests / elapsed, None
+    per_img = {role: 1e3 * s / requests for role, s in cpu_by_role(cpu, cpu_after).items()}
+    per_img["client"] = 1e3 * client_cpu / requests
+    return requests / elapsed, {
+        "dedicated": dedicated_cores_img_s(cpu, cpu_after, requests),
+        "cpu_ms_per_img": per_img,
+    }
 
 
 # --- Report ---------------------------------------------------------------------------
@@ -432,7 +472,8 @@ def report(results: dict) -> str:
             f"{results['in_process_img_s']:.1f} img/s (before / after the served runs: "
             + " / ".join(f"{x:.1f}" for x in results["in_process_img_s_before_after"])
             + f"); from their CPU time, on {results['cores']} dedicated cores: "
-            f"{results['in_process_img_s_on_dedicated_cores']:.1f} img/s",
+            f"{results['in_process_img_s_on_dedicated_cores']:.1f} img/s; "
+            f"CPU {results['in_process_cpu_ms_per_img']:.1f} ms/img",
         ]
     for served in results.get("served", []):
         rows.append(
@@ -446,7 +487,13 @@ def report(results: dict) -> str:
                 f"{served['img_s_on_dedicated_cores']:.1f} img/s, served / in-process "
                 f"{served['over_in_process_on_dedicated_cores']:.2f}"
             )
+            rows.append(f"{'':30} CPU ms/img: {cpu_breakdown(served['cpu_ms_per_img'])}")
     return "\n".join(rows)
+
+
+def cpu_breakdown(per_img: dict[str, float]) -> str:
+    """ "worker 41.0, torchserve 9.8, ... client 3.1": CPU ms per image by role."""
+    return ", ".join(f"{role} {ms:.1f}" for role, ms in per_img.items())
 
 
 # --- The document: one generated section per machine ----------------------------------
@@ -575,7 +622,9 @@ def markdown_tables(results: dict) -> str:
         around = f" (before / after the served runs: {before:.1f} / {after:.1f})"
         head = [f"{side}x{side} JPEG", "img/s", "/ in-process"]
         head += [f"img/s on {cores} dedicated cores, from CPU time", "/ in-process, from CPU time"]
+        head += ["CPU ms per image"]
         lines += ["", _row(head), _row(["---"] * len(head))]
+        in_process_cpu = results.get("in_process_cpu_ms_per_img")
         lines.append(
             _row(
                 [
@@ -584,15 +633,18 @@ def markdown_tables(results: dict) -> str:
                     "",
                     f"{results['in_process_img_s_on_dedicated_cores']:.1f}",
                     "",
+                    "" if in_process_cpu is None else f"pipelines {in_process_cpu:.1f}",
                 ]
             )
         )
         for row in results.get("served", []):
             cells = [f"served {row['protocol']}, {row['concurrency']} in flight"]
-            cells += [f"{row['img_s']:.1f}", f"{row['over_in_process']:.2f}", "", ""]
+            cells += [f"{row['img_s']:.1f}", f"{row['over_in_process']:.2f}", "", "", ""]
             if "img_s_on_dedicated_cores" in row:
                 cells[3] = f"{row['img_s_on_dedicated_cores']:.1f}"
                 cells[4] = f"{row['over_in_process_on_dedicated_cores']:.2f}"
+            if "cpu_ms_per_img" in row:
+                cells[5] = cpu_breakdown(row["cpu_ms_per_img"])
             lines.append(_row(cells))
     return "\n".join(lines)
 
@@ -712,17 +764,19 @@ def run(args: argparse.Namespace) -> int:
         data = bench_image(args.served_size)
         results["served_size"] = args.served_size
         results["parallel"] = args.parallel
-        before, in_process_dedicated = in_process_throughput(args, data)
+        before, in_process_dedicated, in_process_cpu = in_process_throughput(args, data)
         results["in_process_img_s_on_dedicated_cores"] = in_process_dedicated
+        results["in_process_cpu_ms_per_img"] = in_process_cpu
         served = []
         for protocol, target in (("rest", args.url), ("grpc", args.grpc)) if args.served else ():
             for conc in args.concurrency:
-                img_s, dedicated = served_throughput(
+                img_s, cpu = served_throughput(
                     protocol, target, data, args.requests, conc, args.server_state
                 )
                 row = {"protocol": protocol, "concurrency": conc, "img_s": img_s}
-                if dedicated:  # what the same server would do on dedicated cores
-                    row["server_cpu_s_per_img"], row["img_s_on_dedicated_cores"] = dedicated
+                if cpu:  # what the same server would do on dedicated cores, and who spends
+                    row["server_cpu_s_per_img"], row["img_s_on_dedicated_cores"] = cpu["dedicated"]
+                    row["cpu_ms_per_img"] = cpu["cpu_ms_per_img"]
                 served.append(row)
         # On a shared machine the load drifts: measure in-process before and after the
         # served runs and compare with the mean of the two.

@@ -6,6 +6,7 @@ table it holds."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -168,3 +169,48 @@ def test_benchmarks_md_holds_generated_sections_keyed_by_their_heading():
     assert keys, "no generated section (colorizer pipeline-bench --write-doc)"
     assert all(key == slug(title) for key, title in keys)
     assert text.index("<!-- bench:END") < text.index("## History (not regenerated)")
+
+
+def test_server_cpu_time_is_counted_per_role_front_included(tmp_path):
+    """The processes `colorizer serve` records: TorchServe's launcher and what it spawns
+    (a worker by its command line), and each front process with its children, each
+    counted under its role; a run's CPU time is split by role and per image."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from serving.benchmark import ROLES, cpu_by_role, dedicated_cores_img_s, server_cpu_seconds
+
+    spin = "import time\nwhile time.process_time() < 0.4: pass\ntime.sleep(30)"
+    # The launcher's own command line must not name the worker: it spells the name in parts.
+    spawn = "import os, subprocess, sys; subprocess.run([sys.executable, '-c', os.environ['SPIN'], 'model_' + 'service_worker'])"  # noqa: E501
+    launcher = subprocess.Popen([sys.executable, "-c", spawn], env={**os.environ, "SPIN": spin})
+    front = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        state = {
+            "launcher_pid": launcher.pid,
+            "front": [{"name": "front-grpc", "pid": front.pid, "started": 0.0}],
+        }
+        (tmp_path / "server.json").write_text(json.dumps(state))
+        before: dict = {}
+        deadline = time.time() + 20
+        while time.time() < deadline:  # until the worker is spawned and both have spun
+            after = server_cpu_seconds(tmp_path)
+            spent = cpu_by_role(before, after)
+            if min(spent["worker"], spent["front-grpc"]) >= 0.3:
+                break
+            time.sleep(0.1)
+        assert sorted(role for role, _ in after.values()) == ["front-grpc", "torchserve", "worker"]
+        assert set(spent) == set(ROLES)
+        assert spent["worker"] >= 0.3 and spent["front-grpc"] >= 0.3
+        assert spent["front-http"] == 0.0
+        per_img, img_s = dedicated_cores_img_s(before, after, images=2)
+        assert per_img == pytest.approx(sum(spent.values()) / 2)
+        assert img_s <= 2 / spent["worker"]  # never faster than its busiest worker allows
+    finally:
+        for proc in (launcher, front):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
