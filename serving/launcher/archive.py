@@ -95,21 +95,52 @@ def with_queue(config: dict, deadline_s: float | None = None) -> dict:
     return {**config, "queue": queue, "jobQueueSize": size}
 
 
+def with_settings(config: dict, settings: list[str]) -> dict:
+    """``config`` (a profile block) with ``KEY=VALUE`` settings applied: KEY a key the
+    profile has (``handler.threads`` for a nested one), VALUE read as YAML (``2``, ``true``).
+
+    Raises ValueError naming the accepted keys for a key the profile lacks or a setting
+    without ``=``; the profile's own blocks (``handler``, ``queue``) are not replaced whole.
+    """
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    accepted = [
+        f"{k}.{sub}" if isinstance(v, dict) else k
+        for k, v in config.items()
+        for sub in (v if isinstance(v, dict) else [None])
+    ]
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or key not in accepted:
+            raise ValueError(
+                f"--set {setting!r}: expected KEY=VALUE with KEY one of the profile's keys: "
+                + ", ".join(accepted)
+            )
+        block, _, sub = key.partition(".")
+        value = yaml.safe_load(text)
+        if sub:
+            config[block][sub] = value
+        else:
+            config[block] = value
+    return config
+
+
 def build_archive(
     model: str | Path,
     out_dir: str | Path,
     profile: str = "cpu",
     precision: str | None = None,
     queue_deadline_s: float | None = None,
+    settings: list[str] | None = None,
 ) -> Path:
     """Write ``out_dir/colorizer.mar`` with torch-model-archiver; return its path.
 
     ``precision``: the handler's precision instead of the profile's (auto, fp32, bf16);
-    ``queue_deadline_s``: the queue's deadline instead of the profile's (``with_queue``).
+    ``queue_deadline_s``: the queue's deadline instead of the profile's (``with_queue``);
+    ``settings``: ``KEY=VALUE`` overrides of the profile (``with_settings``), applied first.
     """
     model, out_dir = Path(model), Path(out_dir)
     check_model_file(model)
-    config = with_queue(model_config(profile), queue_deadline_s)
+    config = with_queue(with_settings(model_config(profile), settings or []), queue_deadline_s)
     if precision is not None:
         config["handler"] = {**config.get("handler", {}), "precision": precision}
     handler = handler_path()
@@ -173,12 +204,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="size TorchServe's job queue to what the workers finish in SECONDS at the "
         "profile's measured photos/s, instead of the profile's deadline",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a profile setting instead of the profile's, e.g. minWorkers=1, batchSize=2, "
+        "handler.threads=2 (repeatable; how `colorizer pipeline-bench --served` compares "
+        "profiles)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = build_archive(args.model, args.out, args.profile, args.precision, args.queue_deadline_s)
-    queue = with_queue(model_config(args.profile), args.queue_deadline_s)
+    path = build_archive(
+        args.model, args.out, args.profile, args.precision, args.queue_deadline_s, args.set
+    )
+    queue = with_queue(with_settings(model_config(args.profile), args.set), args.queue_deadline_s)
     print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, profile {args.profile}, "
         f"jobQueueSize {queue['jobQueueSize']}: {queue['queue']['deadline_s']:g} s at "

@@ -17,6 +17,7 @@ from serving.launcher.archive import (
     model_config,
     runtime_files,
     with_queue,
+    with_settings,
 )
 
 RUNTIME_MODULES = {
@@ -139,3 +140,24 @@ def test_the_archive_command_sizes_the_queue_for_another_deadline(model, tmp_pat
     rate = model_config("cpu")["queue"]["photos_per_s"]
     assert config["jobQueueSize"] == int(3 * rate) and config["queue"]["deadline_s"] == 3
     assert f"jobQueueSize {int(3 * rate)}: 3 s at" in capsys.readouterr().out
+
+
+def test_profile_settings_can_be_overridden_one_key_at_a_time(model, tmp_path, capsys):
+    """`colorizer archive --set KEY=VALUE`: what a profile comparison varies, written into
+    the archive's model-config.yaml; the rest of the profile is kept."""
+    argv = ["archive", "--model", str(model), "--out", str(tmp_path)]
+    argv += ["--set", "minWorkers=1", "--set", "maxWorkers=1", "--set", "handler.threads=2"]
+    assert cli(argv) == 0
+    with zipfile.ZipFile(tmp_path / "colorizer.mar") as zf:
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+    cpu = model_config("cpu")
+    assert (config["minWorkers"], config["maxWorkers"], config["handler"]["threads"]) == (1, 1, 2)
+    assert config["handler"]["precision"] == cpu["handler"]["precision"]
+    assert config["batchSize"] == cpu["batchSize"]
+    assert model_config("cpu") == cpu  # the profile itself is untouched
+
+
+@pytest.mark.parametrize("setting", ["workers=2", "handler.colour=red", "minWorkers", "handler=1"])
+def test_an_unknown_profile_setting_is_refused_with_the_accepted_keys(setting):
+    with pytest.raises(ValueError, match=r"KEY=VALUE with KEY one of .*handler\.threads"):
+        with_settings(model_config("cpu"), [setting])
