@@ -39,6 +39,13 @@ from training.ab_bins import (
 )
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PhotoDataset, collate, split_files
+from training.distill import (
+    Distillation,
+    Teacher,
+    distillation_loss,
+    member_from_exported,
+    mix_photos,
+)
 from training.model import (
     HEADS,
     PRESETS,
@@ -128,6 +135,29 @@ class TrainConfig:
         f"a Gaussian of width {SOFT_TARGET_SIGMA:g} Lab units (Zhang et al.'s soft encoding: "
         "5); 1 is the nearest bin alone",
         1,
+    )
+    init_from: Path | None = option(
+        "start from one member of this exported file (training.distill): its weights, class "
+        "weights and decoding; the network's shape is the file's, so --preset, --backbone* "
+        "and --fuse-stage are not used",
+        None,
+    )
+    init_member: int = option("with --init-from: which member (0 is the first)", 0)
+    teacher: Path | None = option(
+        "distil: learn this exported classification file's per-pixel bin distributions (its "
+        "soft targets) instead of, or beside, the truth's bins (see --distill-mix)",
+        None,
+    )
+    distill_mix: float = option(
+        "with --teacher: the teacher's share of the loss; the rest is the rebalanced "
+        "cross-entropy against the truth",
+        1.0,
+    )
+    distill_mixup: float = option(
+        "with --teacher and --distill-mix 1: the fraction of each batch's photos blended "
+        "with another photo of the batch before both networks see them (mixup, its weight "
+        "uniform in [0, 1]): inputs the teacher did not train on",
+        0.0,
     )
     seed: int = option("seed for init, shuffling, augmentation", 0)
     resume: Path | None = option("checkpoint to continue from (last.pt)", None)
@@ -370,17 +400,32 @@ def train_step(
     device: torch.device,
     dtype: torch.dtype,
     target_bins: int = 1,
+    distillation: Distillation | None = None,
 ) -> torch.Tensor:
     """One Adam step on (l (B,1,S,S), gray (B,1,G,G), ab (B,2,S,S)), all in [-1, 1].
 
     ``view`` is the HeadOutput of ``model`` (DDP-wrapped when distributed); the forward
     runs under ``dtype`` autocast, the loss (``loss_fn`` with ``target_bins``) in fp32.
+    With a ``distillation`` the loss is its ``mix`` x ``distillation_loss`` against the
+    teacher's distributions (computed on the CPU in float32) + (1 - ``mix``) x that loss,
+    its ``mixup`` blending photos first (``mix_photos``; teacher-only loss).
     Returns the loss (detached scalar).
     """
     l_in, gray, ab = batch
-    with autocast(device, dtype):
-        raw = view(_to(l_in, device), _to(gray, device))
-    loss = loss_fn(model, raw, ab.to(device), target_bins)
+    if distillation is None:
+        with autocast(device, dtype):
+            raw = view(_to(l_in, device), _to(gray, device))
+        loss = loss_fn(model, raw, ab.to(device), target_bins)
+    else:
+        if distillation.mixup > 0:
+            l_in, gray = mix_photos(l_in, gray, distillation.mixup)
+        soft = distillation.teacher.log_probs(l_in, gray).to(device)
+        with autocast(device, dtype):
+            raw = view(_to(l_in, device), _to(gray, device))
+        loss = distillation.mix * distillation_loss(raw, soft)
+        if distillation.mix < 1:
+            truth = loss_fn(model, raw, ab.to(device), target_bins)
+            loss = loss + (1 - distillation.mix) * truth
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -454,11 +499,17 @@ def train(cfg: TrainConfig) -> TrainResult:
                 cfg.resume,
                 "; ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changed.items()),
             )
+    elif cfg.init_from is not None:
+        model = member_from_exported(cfg.init_from, cfg.init_member)
     else:
         model = build_model(model_config(cfg), cfg.backbone_weights)
     check_target_bins(cfg.target_bins, model)
+    distillation = None
+    if cfg.teacher is not None:
+        distillation = Distillation(Teacher(cfg.teacher), cfg.distill_mix, cfg.distill_mixup)
+        distillation.teacher.check_student(model)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
-    if model.classify and ckpt is None:
+    if model.classify and ckpt is None and cfg.init_from is None:
         counts = class_counts(train_files, model)
         model.class_weights.copy_(rebalance_weights(counts, cfg.rebalance_mix))
     model = model.to(device, memory_format=torch.channels_last)
@@ -500,8 +551,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             if len(l_in):
                 loss = train_step(
-                    model, ddp, optimizer, (l_in, gray, ab), device, dtype, cfg.target_bins
-                )
+                    model, ddp, optimizer, (l_in, gray, ab), device, dtype, cfg.target_bins,
+                    distillation,
+                )  # fmt: skip
                 loss_sum += loss.item() * len(l_in)
                 seen += len(l_in)
             rate = seen * env.world_size / (time.perf_counter() - started)

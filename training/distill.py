@@ -1,0 +1,193 @@
+"""Distillation: train one network to give what an exported file (an ensemble) gives.
+
+Two pieces, both used by `colorizer train`:
+
+- ``member_from_exported``: one member of an exported file, as a trainable ``Colorizer``
+  (``--init-from FILE.pt --init-member I``). The file keeps each member's layers before
+  its head (``training.inference.Trunk``) and one pooled head whose weights are the
+  members' concatenated along the input channels and divided by their count; member I's
+  head is its slice times that count. A member's own head bias is not kept (only the
+  members' mean is), so the member starts from the mean bias: a per-bin offset that the
+  first steps of training absorb.
+- ``Teacher``: the exported file, frozen, giving the soft targets: the softmax of its
+  pooled head output, the distribution the ensemble decodes (``--teacher FILE.pt``).
+  ``distillation_loss`` is the cross-entropy of the student's logits against it.
+- ``mix_photos``: mixup of the batch's photos (``--distill-mixup``), inputs the teacher
+  never trained on: on its own training photos a teacher gives back what it memorised,
+  on blends it shows how it generalises.
+
+The student learns the teacher's logits up to a per-pixel constant, so the teacher's
+decoding (temperature, prior correction) carries over; `colorizer tune-decoding` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from serving.runtime.model_spec import load_scripted
+from training.export import NETWORK_FILE
+from training.model import Colorizer, ColorizerConfig, backbone_input
+
+# Each member's modules in the file (``trunks.I.<part>``), named as in a Colorizer.
+TRUNK_PARTS = ("encoder", "fusion", "decoder", "backbone")
+
+
+class NotDistillable(ValueError):
+    """The file is not an exported classification network whose members can be read."""
+
+
+def read_network_config(path: str | Path) -> tuple[ColorizerConfig, int]:
+    """The (config, member count) an exported file carries in its ``NETWORK_FILE``."""
+    extra = {NETWORK_FILE: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    if not extra[NETWORK_FILE]:
+        raise NotDistillable(
+            f"{path} carries no {NETWORK_FILE}; files exported since the inference layout do"
+        )
+    data = json.loads(extra[NETWORK_FILE])
+    return ColorizerConfig.from_dict(data["config"]), int(data["members"])
+
+
+def member_state(
+    state: dict[str, torch.Tensor], members: int, index: int
+) -> dict[str, torch.Tensor]:
+    """A ``Colorizer`` state dict for member ``index`` of an inference-layout state dict.
+
+    Head: weight (Q, M*C, k, k) -> member ``index``'s (Q, C, k, k) slice times M; bias
+    (Q,): the members' mean, as stored. A backbone shared by all members
+    (``backbone.*`` at the top) is every member's.
+    """
+    if not 0 <= index < members:
+        raise NotDistillable(f"member {index} does not exist: the file has {members}")
+    out: dict[str, torch.Tensor] = {}
+    prefix = f"trunks.{index}."
+    for key, value in state.items():
+        if key.startswith(prefix) and key[len(prefix) :].split(".")[0] in TRUNK_PARTS:
+            out[key[len(prefix) :]] = value
+        elif key.startswith("backbone."):
+            out[key] = value
+    weight = state["head.weight"]
+    width = weight.shape[1] // members
+    out["head.weight"] = weight[:, index * width : (index + 1) * width] * members
+    out["head.bias"] = state["head.bias"]
+    out["bin_centers"] = state["bin_centers"]
+    out["class_weights"] = state["class_weights"]
+    return out
+
+
+def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
+    """Member ``index`` of the exported classification file at ``path``, float32, with the
+    file's decoding and class weights. Raises NotDistillable for a regression network or a
+    file whose weights do not fit its own config."""
+    config, members = read_network_config(path)
+    if config.head != "classification":
+        raise NotDistillable(f"{path} has a {config.head} head; distillation needs classification")
+    module, _ = load_scripted(path)
+    model = Colorizer(config)
+    state = {k: v.float() for k, v in module.state_dict().items()}
+    mine = member_state(state, members, index)
+    missing, unknown = (
+        sorted(set(model.state_dict()) - set(mine)),
+        sorted(set(mine) - set(model.state_dict())),
+    )
+    if missing or unknown:
+        raise NotDistillable(
+            f"{path}'s member {index} does not fit its config: lacks {missing[:4]}, "
+            f"has unknown {unknown[:4]}"
+        )
+    model.load_state_dict(mine)
+    model.with_decoding(float(module.temperature), float(module.prior_correction))
+    return model
+
+
+class Teacher:
+    """An exported classification file, frozen on the CPU in float32, as soft targets."""
+
+    def __init__(self, path: str | Path) -> None:
+        module, spec = load_scripted(path)
+        if not bool(module.classify):
+            raise NotDistillable(f"{path} is a regression network; a teacher needs bins")
+        self.path = Path(path)
+        self.gray_size = spec.gray_size
+        self.bin_centers = module.bin_centers.detach().clone()
+        self.module = module
+
+    @torch.inference_mode()
+    def log_probs(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        """(l (B,1,224,224), gray (B,1,G,G)), both in [-1, 1] -> the teacher's per-pixel
+        log-distribution over its bins: (B, Q, 112, 112) float32, log-softmax of its
+        pooled head output. The gray image is resized to the teacher's input side as the
+        training network resizes it for its backbone (``backbone_input``)."""
+        teacher_gray = backbone_input(gray, self.gray_size)[:, :1]
+        raw = self.module.head_output(l_in.float(), teacher_gray.float())
+        return F.log_softmax(raw.float(), dim=1)
+
+    def check_student(self, model: Colorizer) -> None:
+        """NotDistillable unless ``model`` has a classification head over the same bins."""
+        if not model.classify or not torch.equal(model.bin_centers.cpu(), self.bin_centers):
+            raise NotDistillable(
+                f"the student must have the teacher's classification head ({len(self.bin_centers)} "
+                "a*b* bins of the same size); train it with --head classification"
+            )
+
+
+def distillation_loss(raw: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of the cross-entropy of the student's logits against the teacher's
+    distribution: raw (B, Q, H, W) logits, teacher_log_probs (B, Q, H, W) -> scalar float32.
+    Its minimum, the teacher's entropy, is reached when the logits equal the teacher's up to
+    a per-pixel constant."""
+    log_p = F.log_softmax(raw.float(), dim=1)
+    return -(teacher_log_probs.exp() * log_p).sum(dim=1).mean()
+
+
+def mix_photos(
+    l_in: torch.Tensor, gray: torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup for distillation: inputs the teacher never trained on, whose targets it still
+    gives (the truth of a blend has no meaning, so only a teacher-only loss may use it).
+
+    l (B,1,S,S), gray (B,1,G,G), both in [-1, 1] -> the same shapes and range: each photo,
+    with probability ``fraction``, is blended with the next photo of the batch (cyclically),
+    its own weight uniform in [0, 1], the same for its L and its gray image; the others
+    are returned as they are. Draws from torch's global generator.
+    """
+    b = l_in.shape[0]
+    if fraction <= 0 or b < 2:
+        return l_in, gray
+    chosen = torch.rand(b) < fraction
+    own = torch.where(chosen, torch.rand(b), torch.ones(b)).view(b, 1, 1, 1)
+    partner = torch.roll(torch.arange(b), -1)
+    return (
+        own * l_in + (1 - own) * l_in[partner],
+        own * gray + (1 - own) * gray[partner],
+    )
+
+
+@dataclass
+class Distillation:
+    """How a training run learns from a teacher (`colorizer train --teacher`).
+
+    ``mix``: the teacher's share of the loss, the rest the truth's; ``mixup``: the fraction
+    of each batch's photos blended first (``mix_photos``), which needs ``mix`` 1.
+    Raises ValueError for values outside [0, 1] or mixup beside the truth's loss.
+    """
+
+    teacher: Teacher
+    mix: float = 1.0
+    mixup: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("mix", "mixup"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"distill_{name} must be in [0, 1], got {value}")
+        if self.mixup > 0 and self.mix < 1:
+            raise ValueError(
+                "distill_mixup needs distill_mix 1: a blend of two photos has no true colors "
+                "to learn, only the teacher's"
+            )
