@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from serving.runtime.model_spec import load_scripted
+from training.ab_bins import adjust_for_prior, annealed_mean
 from training.export import NETWORK_FILE
 from training.model import Colorizer, ColorizerConfig, backbone_input
 
@@ -115,17 +116,30 @@ class Teacher:
         self.path = Path(path)
         self.gray_size = spec.gray_size
         self.bin_centers = module.bin_centers.detach().clone()
+        self.class_weights = module.class_weights.detach().clone()
+        self.temperature = float(module.temperature)
+        self.prior_correction = float(module.prior_correction)
         self.module = module
 
     @torch.inference_mode()
-    def log_probs(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
-        """(l (B,1,224,224), gray (B,1,G,G)), both in [-1, 1] -> the teacher's per-pixel
-        log-distribution over its bins: (B, Q, 112, 112) float32, log-softmax of its
-        pooled head output. The gray image is resized to the teacher's input side as the
-        training network resizes it for its backbone (``backbone_input``)."""
+    def raw(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        """(l (B,1,224,224), gray (B,1,G,G)), both in [-1, 1] -> the teacher's pooled head
+        output (B, Q, 112, 112) float32. The gray image is resized to the teacher's input
+        side as the training network resizes it for its backbone (``backbone_input``)."""
         teacher_gray = backbone_input(gray, self.gray_size)[:, :1]
-        raw = self.module.head_output(l_in.float(), teacher_gray.float())
-        return F.log_softmax(raw.float(), dim=1)
+        return self.module.head_output(l_in.float(), teacher_gray.float()).float()
+
+    def log_probs(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+        """The teacher's per-pixel log-distribution over its bins: (B, Q, 112, 112) float32,
+        the log-softmax of ``raw``."""
+        return F.log_softmax(self.raw(l_in, gray), dim=1)
+
+    def decoded(self, raw: torch.Tensor) -> torch.Tensor:
+        """Head output (B, Q, H, W) -> a*b* (B, 2, H, W) in [-1, 1], float32, decoded as the
+        teacher decodes (its prior correction and annealed-mean temperature); differentiable,
+        so a student's head output decodes the same way."""
+        adjusted = adjust_for_prior(raw, self.class_weights.to(raw.device), self.prior_correction)
+        return annealed_mean(adjusted, self.bin_centers.to(raw.device), self.temperature)
 
     def check_student(self, model: Colorizer) -> None:
         """NotDistillable unless ``model`` has a classification head over the same bins."""
@@ -173,21 +187,41 @@ class Distillation:
     """How a training run learns from a teacher (`colorizer train --teacher`).
 
     ``mix``: the teacher's share of the loss, the rest the truth's; ``mixup``: the fraction
-    of each batch's photos blended first (``mix_photos``), which needs ``mix`` 1.
-    Raises ValueError for values outside [0, 1] or mixup beside the truth's loss.
+    of each batch's photos blended first (``mix_photos``), which needs ``mix`` 1;
+    ``decoded``: the weight of the mean squared difference of the decoded a*b* (student's
+    and teacher's, both decoded as the teacher decodes), beside the cross-entropy.
+    Raises ValueError for mix or mixup outside [0, 1], a negative ``decoded``, or mixup
+    beside the truth's loss.
     """
 
     teacher: Teacher
     mix: float = 1.0
     mixup: float = 0.0
+    decoded: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("mix", "mixup"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"distill_{name} must be in [0, 1], got {value}")
+        if self.decoded < 0:
+            raise ValueError(f"distill_decoded must be >= 0, got {self.decoded}")
         if self.mixup > 0 and self.mix < 1:
             raise ValueError(
                 "distill_mixup needs distill_mix 1: a blend of two photos has no true colors "
                 "to learn, only the teacher's"
             )
+
+
+def teacher_loss(
+    raw: torch.Tensor, teacher_raw: torch.Tensor, distillation: Distillation
+) -> torch.Tensor:
+    """The student's loss against the teacher: ``distillation_loss`` on the distributions,
+    plus ``distillation.decoded`` x the mean squared difference of the decoded a*b*.
+    raw, teacher_raw: head outputs (B, Q, H, W) -> scalar float32."""
+    loss = distillation_loss(raw, F.log_softmax(teacher_raw, dim=1))
+    if distillation.decoded > 0:
+        teacher = distillation.teacher
+        gap = teacher.decoded(raw.float()) - teacher.decoded(teacher_raw)
+        loss = loss + distillation.decoded * gap.pow(2).mean()
+    return loss

@@ -42,9 +42,9 @@ from training.data import PhotoDataset, collate, split_files
 from training.distill import (
     Distillation,
     Teacher,
-    distillation_loss,
     member_from_exported,
     mix_photos,
+    teacher_loss,
 )
 from training.model import (
     HEADS,
@@ -152,6 +152,12 @@ class TrainConfig:
         "with --teacher: the teacher's share of the loss; the rest is the rebalanced "
         "cross-entropy against the truth",
         1.0,
+    )
+    distill_decoded: float = option(
+        "with --teacher: weight of the mean squared difference between the student's and "
+        "the teacher's decoded a*b* (both decoded as the teacher decodes), beside the "
+        "cross-entropy of their distributions",
+        0.0,
     )
     distill_mixup: float = option(
         "with --teacher and --distill-mix 1: the fraction of each batch's photos blended "
@@ -406,8 +412,8 @@ def train_step(
 
     ``view`` is the HeadOutput of ``model`` (DDP-wrapped when distributed); the forward
     runs under ``dtype`` autocast, the loss (``loss_fn`` with ``target_bins``) in fp32.
-    With a ``distillation`` the loss is its ``mix`` x ``distillation_loss`` against the
-    teacher's distributions (computed on the CPU in float32) + (1 - ``mix``) x that loss,
+    With a ``distillation`` the loss is its ``mix`` x ``teacher_loss`` against the
+    teacher's outputs (computed on the CPU in float32) + (1 - ``mix``) x that loss,
     its ``mixup`` blending photos first (``mix_photos``; teacher-only loss).
     Returns the loss (detached scalar).
     """
@@ -419,10 +425,10 @@ def train_step(
     else:
         if distillation.mixup > 0:
             l_in, gray = mix_photos(l_in, gray, distillation.mixup)
-        soft = distillation.teacher.log_probs(l_in, gray).to(device)
+        teacher_raw = distillation.teacher.raw(l_in, gray).to(device)
         with autocast(device, dtype):
             raw = view(_to(l_in, device), _to(gray, device))
-        loss = distillation.mix * distillation_loss(raw, soft)
+        loss = distillation.mix * teacher_loss(raw, teacher_raw, distillation)
         if distillation.mix < 1:
             truth = loss_fn(model, raw, ab.to(device), target_bins)
             loss = loss + (1 - distillation.mix) * truth
@@ -506,7 +512,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     check_target_bins(cfg.target_bins, model)
     distillation = None
     if cfg.teacher is not None:
-        distillation = Distillation(Teacher(cfg.teacher), cfg.distill_mix, cfg.distill_mixup)
+        distillation = Distillation(
+            Teacher(cfg.teacher), cfg.distill_mix, cfg.distill_mixup, cfg.distill_decoded
+        )
         distillation.teacher.check_student(model)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
     if model.classify and ckpt is None and cfg.init_from is None:

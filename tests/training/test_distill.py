@@ -187,3 +187,30 @@ def test_mixup_needs_a_teacher_only_loss(ensemble_file, tmp_path):
     )
     with pytest.raises(ValueError, match="distill_mixup needs distill_mix 1"):
         train(run)
+
+
+def test_the_decoded_term_adds_the_squared_difference_of_the_decoded_colors(ensemble_file):
+    """``--distill-decoded W``: W x mean((decode(student) - decode(teacher))^2) beside the
+    cross-entropy, both decoded as the teacher decodes; nothing at the teacher's own output."""
+    from training.distill import Distillation, teacher_loss
+
+    teacher = Teacher(ensemble_file[0])
+    gen = torch.Generator().manual_seed(0)
+    teacher_raw = torch.randn(2, len(teacher.bin_centers), 4, 4, generator=gen)
+    raw = teacher_raw + torch.randn(teacher_raw.shape, generator=gen)
+    plain = teacher_loss(raw, teacher_raw, Distillation(teacher))
+    assert plain == pytest.approx(float(distillation_loss(raw, teacher_raw.log_softmax(1))))
+    weighted = teacher_loss(raw, teacher_raw, Distillation(teacher, decoded=100.0))
+    gap = (teacher.decoded(raw) - teacher.decoded(teacher_raw)).pow(2).mean()
+    assert float(gap) > 0
+    assert weighted == pytest.approx(float(plain + 100.0 * gap), rel=1e-5)
+    at_teacher = teacher_loss(teacher_raw, teacher_raw, Distillation(teacher, decoded=100.0))
+    assert at_teacher == pytest.approx(
+        float(distillation_loss(teacher_raw, teacher_raw.log_softmax(1)))
+    )
+    assert teacher.decoded(teacher_raw).shape == (2, 2, 4, 4)
+    # the same colors the exported file decodes (it upsamples them 2x)
+    exported = teacher.module.decode(teacher_raw)[:, :, ::2, ::2]
+    assert torch.allclose(teacher.decoded(teacher_raw), exported, atol=1e-5)
+    with pytest.raises(ValueError, match="distill_decoded must be >= 0"):
+        Distillation(teacher, decoded=-1.0)
