@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from serving.runtime.model_spec import load_scripted
 from training.ab_bins import adjust_for_prior, annealed_mean
-from training.export import NETWORK_FILE
-from training.model import Colorizer, ColorizerConfig, backbone_input
+from training.inference import NETWORK_FILE
+from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network, backbone_input
 
 # Each member's modules in the file (``trunks.I.<part>``), named as in a Colorizer.
 TRUNK_PARTS = ("encoder", "fusion", "decoder", "backbone")
@@ -104,6 +104,18 @@ def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
     model.load_state_dict(mine)
     model.with_decoding(float(module.temperature), float(module.prior_correction))
     return model
+
+
+def network_from_inference_file(path: str | Path) -> Network:
+    """Every member of an exported file, as the network it was exported from (one
+    ``Colorizer``, or a ``ColorizerEnsemble``): what re-exporting the file's weights with
+    the current code starts from. Its output is the file's: each member gets the members'
+    mean head bias, and the pooled head's bias is that mean either way."""
+    _, members = read_network_config(path)
+    nets = [member_from_exported(path, index) for index in range(members)]
+    if members == 1:
+        return nets[0]
+    return ColorizerEnsemble(nets).with_decoding(nets[0].temperature, nets[0].prior_correction)
 
 
 class Teacher:

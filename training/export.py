@@ -5,8 +5,9 @@ the gray image at the backbone's own size; the spec written beside it says which
 Refuses to write the file when TorchScript and eager outputs differ by more than
 ``PARITY_TOLERANCE`` on fresh random inputs (fp32).
 
-``--from-exported OLD.pt --network-config CONFIG.json`` re-exports a file written before
-the inference layout (its weights as they are), for a model whose checkpoints are gone.
+``--from-exported FILE.pt`` re-exports a file's weights as they are with this code's
+inference layout, for a model whose checkpoints are gone (``--network-config
+CONFIG.json`` for a file written before the inference layout).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from serving.runtime.model_spec import ModelSpec, load_scripted, save_scripted
 from training.checkpoint import models_from_checkpoints
 from training.decoding import Decoding, read_choice
-from training.inference import InferenceColorizer, backbone_size
+from training.distill import network_from_inference_file
+from training.inference import NETWORK_FILE, InferenceColorizer, backbone_size
 from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network
 
 PARITY_TOLERANCE = 1e-4
@@ -109,9 +111,6 @@ def export(
     return diff
 
 
-NETWORK_FILE = "colorizer_network.json"  # extra file: what rebuilds the eager network
-
-
 def network_json(model: Network) -> str:
     """The config and member count that rebuild ``model``'s layers (``network_from_json``)."""
     members = len(model.branches) if isinstance(model, ColorizerEnsemble) else 1
@@ -175,14 +174,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from-exported",
         type=Path,
-        help="instead of checkpoints: a .pt exported before the inference layout (the "
-        "network's own state dict); its weights and decoding are re-exported as they are",
+        help="instead of checkpoints: an exported .pt whose weights and decoding are "
+        f"re-exported as they are, with this code's inference layout: a file that carries "
+        f"{NETWORK_FILE} as it is, one exported before the inference layout (the network's "
+        "own state dict) with --network-config",
     )
     p.add_argument(
         "--network-config",
         type=Path,
-        help='with --from-exported: JSON {"config": ColorizerConfig fields, "members": N} '
-        f"of that file's network (files exported since carry it as {NETWORK_FILE})",
+        help="with --from-exported of a file from before the inference layout: JSON "
+        '{"config": ColorizerConfig fields, "members": N} of its network (files exported '
+        f"since carry it as {NETWORK_FILE})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs")
     p.add_argument(
@@ -210,7 +212,7 @@ def source_network(args: argparse.Namespace) -> Network:
     if args.checkpoint:
         return models_from_checkpoints(args.checkpoint)
     if args.network_config is None:
-        raise ValueError("--from-exported needs --network-config CONFIG.json")
+        return network_from_inference_file(args.from_exported)
     shape = network_from_json(args.network_config.read_text())
     return network_from_exported(args.from_exported, shape)
 

@@ -190,6 +190,31 @@ def test_cli_re_exports_a_file_of_the_training_layout(tmp_path, capsys):
     assert "--network-config" in capsys.readouterr().err
 
 
+def test_cli_re_exports_a_file_of_the_inference_layout_with_this_code(tmp_path):
+    """--from-exported without --network-config: a file in the inference layout (it carries
+    its network's config) is rebuilt member by member and written again with the same output
+    and decoding, though each member's own head bias was kept only as the members' mean."""
+    config = replace(TINY, head="classification")
+    torch.manual_seed(0)
+    members = [Colorizer(config).eval(), Colorizer(config).eval()]
+    with torch.no_grad():
+        for index, member in enumerate(members):
+            member.head.bias.add_(torch.linspace(-1, 1, len(member.head.bias)) * (index + 1))
+            member.class_weights.copy_(torch.linspace(0.2, 5.0, len(member.class_weights)))
+    network = ColorizerEnsemble(members).eval().with_decoding(0.6, 0.3)
+    first, again = tmp_path / "first.pt", tmp_path / "again.pt"
+    export_mod.export(network, first)
+    assert main(["export", "--from-exported", str(first), "--out", str(again)]) == 0
+    before, spec = load_scripted(first)
+    after, _ = load_scripted(again)
+    assert (after.temperature, after.prior_correction) == (0.6, 0.3)
+    assert len(list(after.trunks.children())) == 2
+    l_in, gray = export_mod.random_inputs(spec, 2, seed=4)
+    with torch.inference_mode():
+        assert torch.allclose(after(l_in, gray), before(l_in, gray), atol=1e-5)
+        assert torch.allclose(after(l_in, gray), network(l_in, gray), atol=1e-5)
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_forward_is_the_decoded_head_output(tmp_path, memory_format):
     """``forward`` folds the decoding into the head and takes the softmax in whichever
