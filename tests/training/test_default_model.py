@@ -42,6 +42,17 @@ def test_default_is_two_fine_tuned_networks_stored_as_float16():
     assert module.head.in_channels == 2 * 8  # both members' decoder features
 
 
+def test_the_model_card_meets_the_quality_floor():
+    """On val: PSNR gain over gray >= +2.0 dB and colorfulness ratio >= 0.62, the floor a
+    cheaper default must also meet (issue #33), each recomputed from the report's figures."""
+    metrics = json.loads((DEFAULT / "report" / "metrics.json").read_text())
+    assert metrics["psnr_gain"] == pytest.approx(metrics["psnr"] - metrics["psnr_gray"])
+    ratio = metrics["colorfulness"] / metrics["colorfulness_gt"]
+    assert metrics["colorfulness_ratio"] == pytest.approx(ratio)
+    assert metrics["psnr_gain"] >= 2.0
+    assert ratio >= 0.62
+
+
 def test_default_decodes_as_its_tuning_report_chose():
     module, _ = load_scripted(DEFAULT / "colorizer.pt")
     report = json.loads((DEFAULT / "report" / "decoding.json").read_text())
