@@ -82,12 +82,10 @@ def member_state(
 
 
 def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
-    """Member ``index`` of the exported classification file at ``path``, float32, with the
-    file's decoding and class weights. Raises NotDistillable for a regression network or a
-    file whose weights do not fit its own config."""
+    """Member ``index`` of the exported file at ``path``, float32, with the file's class
+    weights and (classification) decoding. Raises NotDistillable for a member that does not
+    exist or a file whose weights do not fit its own config."""
     config, members = read_network_config(path)
-    if config.head != "classification":
-        raise NotDistillable(f"{path} has a {config.head} head; distillation needs classification")
     module, _ = load_scripted(path)
     model = Colorizer(config)
     state = {k: v.float() for k, v in module.state_dict().items()}
@@ -102,7 +100,8 @@ def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
             f"has unknown {unknown[:4]}"
         )
     model.load_state_dict(mine)
-    model.with_decoding(float(module.temperature), float(module.prior_correction))
+    if model.classify:
+        model.with_decoding(float(module.temperature), float(module.prior_correction))
     return model
 
 

@@ -76,13 +76,16 @@ def test_a_single_network_file_gives_its_network(tmp_path):
         assert torch.allclose(member(l_in, gray), net(l_in, gray), atol=1e-5)
 
 
-def test_refuses_a_member_that_does_not_exist_and_a_regression_file(ensemble_file, tmp_path):
+def test_refuses_a_member_that_does_not_exist_and_a_regression_teacher(ensemble_file, tmp_path):
     with pytest.raises(NotDistillable, match="member 2 does not exist: the file has 2"):
         member_from_exported(ensemble_file[0], 2)
     torch.manual_seed(0)
-    export(Colorizer(TINY), tmp_path / "regression.pt")
-    with pytest.raises(NotDistillable, match="regression head"):
-        member_from_exported(tmp_path / "regression.pt", 0)
+    regression = Colorizer(TINY).eval()
+    export(regression, tmp_path / "regression.pt")
+    member = member_from_exported(tmp_path / "regression.pt", 0).eval()  # it reads back
+    l_in, gray = inputs(5)
+    with torch.inference_mode():
+        assert torch.allclose(member(l_in, gray), regression(l_in, gray), atol=1e-5)
     with pytest.raises(NotDistillable, match="regression network"):
         Teacher(tmp_path / "regression.pt")
 
