@@ -118,16 +118,18 @@ def network_from_inference_file(path: str | Path) -> Network:
 
 
 class Teacher:
-    """An exported classification file, frozen on the CPU in float32, as soft targets."""
+    """An exported classification file, in float32 on ``device`` (the training's), as soft
+    targets."""
 
-    def __init__(self, path: str | Path) -> None:
-        module, spec = load_scripted(path)
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
+        module, spec = load_scripted(path, device)
         if not bool(module.classify):
             raise NotDistillable(f"{path} is a regression network; a teacher needs bins")
         self.path = Path(path)
+        self.device = torch.device(device)
         self.gray_size = spec.gray_size
-        self.bin_centers = module.bin_centers.detach().clone()
-        self.class_weights = module.class_weights.detach().clone()
+        self.bin_centers = module.bin_centers.detach().cpu().clone()
+        self.class_weights = module.class_weights.detach().cpu().clone()
         self.temperature = float(module.temperature)
         self.prior_correction = float(module.prior_correction)
         self.module = module
@@ -135,10 +137,11 @@ class Teacher:
     @torch.inference_mode()
     def raw(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
         """(l (B,1,224,224), gray (B,1,G,G)), both in [-1, 1] -> the teacher's pooled head
-        output (B, Q, 112, 112) float32. The gray image is resized to the teacher's input
-        side as the training network resizes it for its backbone (``backbone_input``)."""
-        teacher_gray = backbone_input(gray, self.gray_size)[:, :1]
-        return self.module.head_output(l_in.float(), teacher_gray.float()).float()
+        output (B, Q, 112, 112) float32 on the teacher's device. The gray image is resized to
+        the teacher's input side as the training network resizes it for its backbone
+        (``backbone_input``)."""
+        teacher_gray = backbone_input(gray.to(self.device), self.gray_size)[:, :1]
+        return self.module.head_output(l_in.to(self.device).float(), teacher_gray.float()).float()
 
     def log_probs(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
         """The teacher's per-pixel log-distribution over its bins: (B, Q, 112, 112) float32,

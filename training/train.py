@@ -413,7 +413,7 @@ def train_step(
     ``view`` is the HeadOutput of ``model`` (DDP-wrapped when distributed); the forward
     runs under ``dtype`` autocast, the loss (``loss_fn`` with ``target_bins``) in fp32.
     With a ``distillation`` the loss is its ``mix`` x ``teacher_loss`` against the
-    teacher's outputs (computed on the CPU in float32) + (1 - ``mix``) x that loss,
+    teacher's outputs (computed in float32) + (1 - ``mix``) x that loss,
     its ``mixup`` blending photos first (``mix_photos``; teacher-only loss).
     Returns the loss (detached scalar).
     """
@@ -513,7 +513,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     distillation = None
     if cfg.teacher is not None:
         distillation = Distillation(
-            Teacher(cfg.teacher), cfg.distill_mix, cfg.distill_mixup, cfg.distill_decoded
+            Teacher(cfg.teacher, device), cfg.distill_mix, cfg.distill_mixup, cfg.distill_decoded
         )
         distillation.teacher.check_student(model)
     train_files, val_files, skipped = split_files(cfg.data, cfg.val_data, cfg.val_fraction)
