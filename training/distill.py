@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from serving.runtime.model_spec import load_scripted
 from training.ab_bins import adjust_for_prior, annealed_mean
-from training.inference import NETWORK_FILE
+from training.inference import NETWORK_FILE, load_from_file, state_mismatch
 from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network, backbone_input
 
 # Each member's modules in the file (``trunks.I.<part>``), named as in a Colorizer.
@@ -81,28 +81,28 @@ def member_state(
     return out
 
 
-def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
-    """Member ``index`` of the exported file at ``path``, float32, with the file's class
-    weights and (classification) decoding. Raises NotDistillable for a member that does not
-    exist or a file whose weights do not fit its own config."""
+def members_from_exported(path: str | Path, indices: list[int] | None = None) -> list[Colorizer]:
+    """Members ``indices`` (default: all) of the exported file at ``path``, float32, each with
+    the file's class weights and (classification) decoding; the file is read once. Raises
+    NotDistillable for a member that does not exist or a file whose weights do not fit its
+    own config."""
     config, members = read_network_config(path)
     module, _ = load_scripted(path)
-    model = Colorizer(config)
     state = {k: v.float() for k, v in module.state_dict().items()}
-    mine = member_state(state, members, index)
-    missing, unknown = (
-        sorted(set(model.state_dict()) - set(mine)),
-        sorted(set(mine) - set(model.state_dict())),
-    )
-    if missing or unknown:
-        raise NotDistillable(
-            f"{path}'s member {index} does not fit its config: lacks {missing[:4]}, "
-            f"has unknown {unknown[:4]}"
-        )
-    model.load_state_dict(mine)
-    if model.classify:
-        model.with_decoding(float(module.temperature), float(module.prior_correction))
-    return model
+    nets = []
+    for index in range(members) if indices is None else indices:
+        model = Colorizer(config)
+        mine = member_state(state, members, index)
+        mismatch = state_mismatch(model, mine)
+        if mismatch:
+            raise NotDistillable(f"{path}'s member {index} does not fit its config: {mismatch}")
+        nets.append(load_from_file(model, mine, module))
+    return nets
+
+
+def member_from_exported(path: str | Path, index: int = 0) -> Colorizer:
+    """Member ``index`` of the exported file at ``path`` (see ``members_from_exported``)."""
+    return members_from_exported(path, [index])[0]
 
 
 def network_from_inference_file(path: str | Path) -> Network:
@@ -110,9 +110,8 @@ def network_from_inference_file(path: str | Path) -> Network:
     ``Colorizer``, or a ``ColorizerEnsemble``): what re-exporting the file's weights with
     the current code starts from. Its output is the file's: each member gets the members'
     mean head bias, and the pooled head's bias is that mean either way."""
-    _, members = read_network_config(path)
-    nets = [member_from_exported(path, index) for index in range(members)]
-    if members == 1:
+    nets = members_from_exported(path)
+    if len(nets) == 1:
         return nets[0]
     return ColorizerEnsemble(nets).with_decoding(nets[0].temperature, nets[0].prior_correction)
 
@@ -142,11 +141,6 @@ class Teacher:
         (``backbone_input``)."""
         teacher_gray = backbone_input(gray.to(self.device), self.gray_size)[:, :1]
         return self.module.head_output(l_in.to(self.device).float(), teacher_gray.float()).float()
-
-    def log_probs(self, l_in: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
-        """The teacher's per-pixel log-distribution over its bins: (B, Q, 112, 112) float32,
-        the log-softmax of ``raw``."""
-        return F.log_softmax(self.raw(l_in, gray), dim=1)
 
     def decoded(self, raw: torch.Tensor) -> torch.Tensor:
         """Head output (B, Q, H, W) -> a*b* (B, 2, H, W) in [-1, 1], float32, decoded as the

@@ -25,7 +25,13 @@ from serving.runtime.model_spec import ModelSpec, load_scripted, save_scripted
 from training.checkpoint import models_from_checkpoints
 from training.decoding import Decoding, read_choice
 from training.distill import network_from_inference_file
-from training.inference import NETWORK_FILE, InferenceColorizer, backbone_size
+from training.inference import (
+    NETWORK_FILE,
+    InferenceColorizer,
+    backbone_size,
+    load_from_file,
+    state_mismatch,
+)
 from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network
 
 PARITY_TOLERANCE = 1e-4
@@ -135,17 +141,13 @@ def network_from_exported(path: str | Path, network: Network) -> Network:
     """
     module, _ = load_scripted(path)
     state = module.state_dict()
-    mine = network.state_dict()
-    missing, unknown = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-    if missing or unknown:
+    mismatch = state_mismatch(network, state)
+    if mismatch:
         raise ValueError(
-            f"{path} does not hold this network's weights: lacks {missing[:4]}, has unknown "
-            f"{unknown[:4]}; pass the config it was trained with (--network-config)"
+            f"{path} does not hold this network's weights: {mismatch}; pass the config it "
+            "was trained with (--network-config)"
         )
-    network.load_state_dict(state)
-    if network.classify:
-        network.with_decoding(float(module.temperature), float(module.prior_correction))
-    return network.eval()
+    return load_from_file(network, state, module).eval()
 
 
 def rounding_change(before: Network, after: Network, spec: ModelSpec, seed: int) -> float:

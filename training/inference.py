@@ -34,6 +34,25 @@ from training.model import (
 NETWORK_FILE = "colorizer_network.json"  # extra file of an exported .pt: its eager network
 
 
+def state_mismatch(network: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """None when ``state`` holds exactly ``network``'s weight names; else what differs:
+    "lacks [...], has unknown [...]" (the first four names of each)."""
+    mine = network.state_dict()
+    missing, unknown = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    if not missing and not unknown:
+        return None
+    return f"lacks {missing[:4]}, has unknown {unknown[:4]}"
+
+
+def load_from_file(network: Network, state: dict[str, torch.Tensor], module: nn.Module) -> Network:
+    """``network`` (in place) with ``state`` loaded and, for a classification network, the
+    decoding (temperature, prior correction) of ``module``, the exported file it came from."""
+    network.load_state_dict(state)
+    if network.classify:
+        network.with_decoding(float(module.temperature), float(module.prior_correction))
+    return network
+
+
 class Trunk(nn.Module):
     """One member's layers before its head.
 
