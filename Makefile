@@ -87,7 +87,9 @@ prometheus:
 # --iptables=false; builds use --network host) if none runs and leaves it running for the
 # tests and the next build (`$(PYTHON) k8s/image.py stop-engine` stops that one, never
 # another), builds on python:3.11-slim-bookworm or, where no registry is reachable, on a
-# local stand-in (it says so), and passes pip's CA bundle as a BuildKit secret.
+# local stand-in (it says so), and passes pip's CA bundle as a BuildKit secret. After the
+# build it removes the colorizer images the build superseded and, on an engine it started,
+# trims the build cache to 10 GB (`k8s/image.py tidy`): rebuilds must not fill the disk.
 # IMAGE_ARGS: more `k8s/image.py build` options (--tag, --target, --build-arg ...).
 IMAGE_ARGS ?=
 image:

@@ -1,4 +1,4 @@
-"""`python k8s/image.py {ensure-engine|base|build|stop-engine}`: build the serving image.
+"""`python k8s/image.py {ensure-engine|base|build|tidy|stop-engine}`: build the serving image.
 
 Standard library only, so it runs with any Python 3.10+ (``make image`` runs
 ``python3 k8s/image.py build``).
@@ -22,9 +22,18 @@ Standard library only, so it runs with any Python 3.10+ (``make image`` runs
     k8s/base/kustomization.yaml deploys. pip's CA bundle, when one is configured
     (``PIP_CERT``, else ``pip config get global.cert``), is passed as the optional
     BuildKit secret ``ca``: needed behind a TLS-intercepting proxy, never stored in a layer.
+    After a build, ``tidy`` removes what it superseded (below).
     ``--torch-variant cpu`` builds the CPU-only variant (the Dockerfile's TORCH_VARIANT),
     tagged ``colorizer:<version>-cpu``: torch from a ``+cpu`` wheel in k8s/wheelhouse/
     (``--wheelhouse DIR`` copies one there first), no CUDA wheels, no torchvision.
+``tidy``
+    Bounds the disk the builds take; ``build`` runs it after every build. Every build of
+    a changed tree leaves the previous image untagged (GBs each): the untagged images
+    labelled ``org.opencontainers.image.title=colorizer`` are removed, and no other. On
+    an engine this helper started, BuildKit's cache is also trimmed, least recently used
+    first, to ``--keep-cache-gb`` (default BUILD_CACHE_KEEP_GB; a build of the default
+    variant needs about 6 GB of it to stay warm). On someone else's engine the cache is
+    left alone, and the line printed says how large it is.
 ``stop-engine``
     Stops the dockerd this helper recorded as started, and nothing else: a daemon
     someone else started is left alone. ``--pid N`` stops it only if it is that pid.
@@ -64,6 +73,11 @@ DOCKERD_LOG = Path("/var/log/colorizer-dockerd.log")
 ENGINE_WAIT_S = 90
 WHEELHOUSE = REPO / "k8s" / "wheelhouse"  # the runtime-cpu stage's bind mount (git-ignored)
 VARIANTS = ("cuda", "cpu")  # the Dockerfile's TORCH_VARIANT
+TITLE_LABEL = f"org.opencontainers.image.title={IMAGE_NAME}"  # on every image built here
+# BuildKit's cache kept after a build on an engine this helper started. A warm build of
+# the default variant uses about 6 GB (pip's cache mount and the venv layers); unbounded,
+# a day of rebuilds filled a 250 GB disk.
+BUILD_CACHE_KEEP_GB = 10
 
 
 def say(msg: str) -> None:
@@ -341,6 +355,7 @@ def build_command(
     cmd += ["--build-arg", f"BASE_IMAGE={base}"]
     cmd += ["--label", f"org.opencontainers.image.base.name={base}"]
     cmd += ["--label", f"org.opencontainers.image.version={version()}"]
+    cmd += ["--label", TITLE_LABEL]
     for arg in build_args:
         cmd += ["--build-arg", arg]
     for context in contexts:
@@ -384,7 +399,55 @@ def build(
         check=True,
     ).stdout.strip()
     say(f"built {tag} on {base} in {took:.0f} s, {int(size) / 1e9:.2f} GB")
+    tidy(docker)
     return tag
+
+
+# ---- the disk the builds take -----------------------------------------------------------
+
+
+def reclaimed(output: str) -> str:
+    """The size in docker's "Total reclaimed space: 1.2GB" line, or "0B"."""
+    found = re.search(r"Total reclaimed space:\s*(\S+)", output)
+    return found.group(1) if found else "0B"
+
+
+def tidy_commands(docker: str, ours: bool, keep_gb: float) -> list[list[str]]:
+    """What tidy() runs: remove this project's untagged images (only those: the label
+    filter), then, on an engine this helper started (`ours`), trim the build cache to
+    `keep_gb` (negative: leave it)."""
+    cmds = [[docker, "image", "prune", "--force", "--filter", f"label={TITLE_LABEL}"]]
+    if ours and keep_gb >= 0:
+        keep = f"{int(keep_gb * 1e9)}"
+        cmds.append([docker, "builder", "prune", "--force", "--keep-storage", keep])
+    return cmds
+
+
+def tidy(docker: str | None = None, keep_gb: float = BUILD_CACHE_KEEP_GB) -> None:
+    """Remove the untagged images earlier builds left, and bound the build cache when the
+    engine is the one this helper started."""
+    docker = docker or client()[0]
+    ours = _recorded() is not None
+    for cmd in tidy_commands(docker, ours, keep_gb):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        what = "untagged colorizer images" if cmd[1] == "image" else "build cache"
+        if done.returncode != 0:
+            say(f"could not prune {what}: {done.stderr.strip()[:200]}")
+        else:
+            say(f"pruned {what}: {reclaimed(done.stdout)} reclaimed")
+    if not ours:
+        du = subprocess.run(
+            [docker, "system", "df", "--format", "{{.Type}} {{.Size}}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        cache = [line for line in du.stdout.splitlines() if line.startswith("Build Cache")]
+        say(
+            f"the engine is not one this helper started: its build cache is left alone "
+            f"({cache[0].removeprefix('Build Cache ') if cache else 'size unknown'}; "
+            "`docker builder prune --keep-storage` trims it)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ensure-engine", help="install/start a Docker engine if none answers")
     stop = sub.add_parser("stop-engine", help="stop the dockerd this helper started, only it")
     stop.add_argument("--pid", type=int, help="only if the recorded dockerd is this pid")
+    t = sub.add_parser("tidy", help="remove superseded colorizer images; bound the build cache")
+    t.add_argument("--keep-cache-gb", type=float, default=BUILD_CACHE_KEEP_GB)
     base = sub.add_parser("base", help="make the base image present (or its stand-in)")
     base.add_argument("--base", default=DEFAULT_BASE)
     b = sub.add_parser("build", help="build k8s/Dockerfile (ensures engine and base first)")
@@ -412,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_engine()
     elif args.command == "stop-engine":
         stop_engine(args.pid)
+    elif args.command == "tidy":
+        tidy(keep_gb=args.keep_cache_gb)
     elif args.command == "base":
         ensure_engine()
         print(ensure_base(client()[0], args.base))

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +144,52 @@ def model_store(pod: Pod) -> str:
             if "model_store" in props:
                 return props["model_store"]
     raise AssertionError("no ConfigMap with a config.properties naming model_store")
+
+
+def scratch_image(engine, tag: str, labels: dict[str, str]) -> str:
+    """Build an empty image (FROM scratch) with these labels under `tag`, with the client
+    the helper builds with; its id."""
+    client, buildx = engine.client()
+    build = [client, *(["buildx", "build", "--load"] if buildx else ["build"])]
+    args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+    subprocess.run(
+        [*build, "--quiet", "--tag", tag, *args, "-"],
+        input="FROM scratch\nLABEL purpose=colorizer-test\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=os.environ | {"DOCKER_BUILDKIT": "1"},
+    )
+    return docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+
+
+def test_builds_remove_only_the_colorizer_images_they_superseded(engine, image):
+    """Each build of a changed tree untags the last one (GBs); `make image` removes those
+    (k8s/image.py tidy), so repeated CI runs on one machine do not fill its disk. Two
+    rebuilds of one tag, one labelled as the helper labels its images and one not: tidy
+    removes the first's old image and leaves the other's."""
+    title, value = engine.TITLE_LABEL.split("=")
+    labels = json.loads(
+        docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout
+    )
+    assert labels.get(title) == value, labels
+    ours = scratch_image(engine, "colorizer-tidy-probe:1", {title: value, "build": "1"})
+    scratch_image(engine, "colorizer-tidy-probe:1", {title: value, "build": "2"})
+    theirs = scratch_image(engine, "someone-else-probe:1", {"build": "1"})
+    scratch_image(engine, "someone-else-probe:1", {"build": "2"})
+    try:
+        engine.tidy()
+        assert docker("image", "inspect", ours, check=False).returncode != 0, "not removed"
+        assert docker("image", "inspect", theirs, check=False).returncode == 0, "removed"
+        left = docker(
+            "images", "-q", "--filter", "dangling=true", "--filter", f"label={engine.TITLE_LABEL}"
+        )
+        assert left.stdout.split() == []
+    finally:
+        docker(
+            "rmi", "--force", theirs, "colorizer-tidy-probe:1", "someone-else-probe:1", check=False
+        )
 
 
 def test_each_overlay_loads_an_archive_the_image_has(pods, image):

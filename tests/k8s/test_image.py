@@ -341,6 +341,25 @@ def test_helper_stops_only_a_dockerd_it_started(tmp_path, monkeypatch):
     assert not (tmp_path / "dockerd.json").exists()
 
 
+def test_helper_labels_its_images_and_prunes_only_those():
+    """Every build labels its image; tidy removes untagged images with that label only,
+    and trims the build cache only on an engine the helper started."""
+    image = load_module("image")
+    cmd = image.build_command("docker", False, "b:1", "colorizer:0.1.0")
+    assert f"--label {image.TITLE_LABEL}" in " ".join(cmd)
+    assert image.TITLE_LABEL == "org.opencontainers.image.title=colorizer"
+    ours = image.tidy_commands("docker", True, 10)
+    theirs = image.tidy_commands("docker", False, 10)
+    (prune_images,) = theirs
+    assert prune_images == ours[0]
+    assert prune_images[1:3] == ["image", "prune"] and "--all" not in prune_images
+    assert prune_images[-2:] == ["--filter", f"label={image.TITLE_LABEL}"]
+    assert ours[1] == ["docker", "builder", "prune", "--force", "--keep-storage", "10000000000"]
+    assert image.tidy_commands("docker", True, -1) == theirs  # negative: cache left alone
+    assert image.reclaimed("Deleted Images:\n...\nTotal reclaimed space: 5.34GB\n") == "5.34GB"
+    assert image.reclaimed("") == "0B"
+
+
 def test_make_test_builds_the_image_first():
     makefile = (REPO / "Makefile").read_text()
     (test_rule,) = re.findall(r"^test:(.*)$", makefile, re.M)
