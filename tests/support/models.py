@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from training.model import ColorizerConfig
+from training.model import Colorizer, ColorizerConfig
 from training.train import TrainConfig
 
 TINY = ColorizerConfig(
@@ -71,3 +72,26 @@ def export_fp32_only_model(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_scripted(torch.jit.script(_ResizesInside()), ModelSpec(), path)
     return path
+
+
+CLASSIFIER = replace(TINY, head="classification")
+
+
+def classifier_members(count: int) -> list[Colorizer]:
+    """Networks with their own random backbones and heads, uneven class weights (as
+    rebalancing gives) and one shared head bias (the file keeps only the members' mean)."""
+    nets = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        net = Colorizer(CLASSIFIER).eval()
+        net.class_weights.copy_(torch.linspace(0.2, 5.0, len(net.class_weights)))
+        net.head.bias.data.copy_(torch.linspace(-1.0, 1.0, len(net.class_weights)))
+        nets.append(net.with_decoding(0.6, 0.3))
+    return nets
+
+
+def random_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(l (2,1,224,224), gray (2,1,299,299)), uniform in [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    l_in = torch.rand(2, 1, 224, 224, generator=gen) * 2 - 1
+    return l_in, torch.rand(2, 1, 299, 299, generator=gen) * 2 - 1

@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.support.models import TINY, quick_train_config
+from tests.support.models import CLASSIFIER, TINY, quick_train_config
+from tests.support.models import classifier_members as members
+from tests.support.models import random_inputs as inputs
 from training.distill import (
     NotDistillable,
     Teacher,
@@ -21,27 +23,6 @@ from training.export import export
 from training.model import Colorizer, ColorizerEnsemble
 from training.synth import write_dataset
 from training.train import train
-
-CLASSIFIER = replace(TINY, head="classification")
-
-
-def members(count: int) -> list[Colorizer]:
-    """Networks with their own random backbones and heads, uneven class weights (as
-    rebalancing gives) and one shared head bias (the file keeps only the members' mean)."""
-    nets = []
-    for seed in range(count):
-        torch.manual_seed(seed)
-        net = Colorizer(CLASSIFIER).eval()
-        net.class_weights.copy_(torch.linspace(0.2, 5.0, len(net.class_weights)))
-        net.head.bias.data.copy_(torch.linspace(-1.0, 1.0, len(net.class_weights)))
-        nets.append(net.with_decoding(0.6, 0.3))
-    return nets
-
-
-def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    l_in = torch.rand(2, 1, 224, 224, generator=gen) * 2 - 1
-    return l_in, torch.rand(2, 1, 299, 299, generator=gen) * 2 - 1
 
 
 @pytest.fixture(scope="module")
