@@ -13,9 +13,9 @@ from serving.runtime.model_spec import load_scripted
 from tests.support.models import classifier_members, random_inputs
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.distill import members_from_exported
+from training.experiments.share_backbone import NotShareable, ShareConfig, share
 from training.export import export
 from training.model import ColorizerEnsemble
-from training.experiments.share_backbone import NotShareable, ShareConfig, share
 from training.synth import write_dataset
 
 
