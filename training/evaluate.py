@@ -2,7 +2,10 @@
 service's own pipeline, and report PSNR (vs the gray baseline), colorfulness and L fidelity.
 
 Writes REPORT_DIR/metrics.json, REPORT_DIR/per_image.jsonl and REPORT_DIR/grid.png
-(rows of gray | colorized | ground truth).
+(rows of gray | colorized | ground truth). With ``--against OTHER_REPORT_DIR`` also
+REPORT_DIR/paired.json: this model's PSNR minus the other report's, photo by photo, with
+its standard error: whether a change (another file, another input size) moved quality by
+more than the photos' own spread.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +142,48 @@ def evaluate(
     return summary
 
 
+def read_per_image(report: str | Path) -> dict[str, dict[str, float]]:
+    """A report folder's per_image.jsonl as {file name: its metrics}."""
+    path = Path(report) / "per_image.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give a folder `colorizer evaluate` wrote")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["file"]: row for row in rows}
+
+
+def paired_difference(
+    per_image: dict[str, dict[str, float]], other: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """PSNR (dB) of ``per_image`` minus ``other``'s on each photo both scored: mean,
+    standard error of the mean, photos better / worse, and the colorfulness ratio's change
+    (mean colorfulness over mean truth colorfulness, as ``summarize`` computes it).
+
+    Raises ValueError when the two share fewer than two photos (by file name).
+    """
+    shared = sorted(set(per_image) & set(other))
+    if len(shared) < 2:
+        raise ValueError(
+            f"the reports share {len(shared)} photo(s) by file name; compare two reports of "
+            "the same folder"
+        )
+    diffs = [per_image[f]["psnr"] - other[f]["psnr"] for f in shared]
+
+    truth = sum(other[f]["colorfulness_gt"] for f in shared)
+
+    def ratio(rows: dict[str, dict[str, float]]) -> float:
+        return sum(rows[f]["colorfulness"] for f in shared) / truth
+
+    return {
+        "images": len(shared),
+        "psnr_diff_mean": statistics.fmean(diffs),
+        "psnr_diff_sem": statistics.stdev(diffs) / math.sqrt(len(diffs)),
+        "better": sum(d > 0 for d in diffs),
+        "worse": sum(d < 0 for d in diffs),
+        # None where every photo's truth is gray (no ratio to compare)
+        "colorfulness_ratio_diff": ratio(per_image) - ratio(other) if truth > 0 else None,
+    }
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -149,6 +195,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="folder of color photos")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--grid-rows", type=int, default=12, help="photos shown in grid.png")
+    p.add_argument(
+        "--against",
+        type=Path,
+        help="another report folder of the same photos: also write paired.json, this "
+        "model's PSNR minus that one's photo by photo (mean, standard error, better/worse)",
+    )
     add_inference_options(p)
     p.set_defaults(func=run)
 
@@ -167,7 +219,17 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    other = read_per_image(args.against) if args.against else None  # refuse before the work
     pipeline = ColorizePipeline.load(args.model, device=args.device, precision=args.precision)
     summary = evaluate(pipeline, args.data, args.out, args.batch_size, args.grid_rows)
     print(json.dumps(summary, indent=2))
+    if other is not None:
+        paired = paired_difference(read_per_image(args.out), other)
+        (args.out / "paired.json").write_text(json.dumps(paired, indent=2) + "\n")
+        print(
+            f"against {args.against}: PSNR {paired['psnr_diff_mean']:+.3f} dB "
+            f"(standard error {paired['psnr_diff_sem']:.3f}) over {paired['images']} photos, "
+            f"{paired['better']} better, {paired['worse']} worse; colorfulness ratio "
+            f"{paired['colorfulness_ratio_diff'] or 0:+.3f}"
+        )
     return 0

@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from serving.cli import main
 from serving.runtime.colorspace import rgb_to_lab
 from serving.runtime.pipeline import ColorizePipeline
 from tests.support.models import TINY
-from training.evaluate import colorfulness, evaluate, gray_baseline, psnr
+from training.evaluate import colorfulness, evaluate, gray_baseline, paired_difference, psnr
 from training.export import export
 from training.model import Colorizer
 
@@ -59,3 +60,58 @@ def test_evaluate_writes_metrics_and_grid(tmp_path):
     grid = Image.open(report / "grid.png")
     assert grid.height >= 6 * 192
     assert len((report / "per_image.jsonl").read_text().splitlines()) == 6
+
+
+def rows(psnrs: list[float], colorful: float = 10.0) -> dict[str, dict[str, float]]:
+    return {
+        f"p{i}.jpg": {"psnr": v, "colorfulness": colorful, "colorfulness_gt": 20.0}
+        for i, v in enumerate(psnrs)
+    }
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_photo_changes():
+    """Differences 1, 2, -1, 2: mean 1.0, sample sd sqrt(2), standard error sqrt(2)/2; photos
+    only one report scored are left out."""
+    new = rows([21.0, 22.0, 19.0, 22.0, 30.0], colorful=12.0)
+    old = rows([20.0, 20.0, 20.0, 20.0])
+    got = paired_difference(new, old)
+    assert got["images"] == 4 and (got["better"], got["worse"]) == (3, 1)
+    assert got["psnr_diff_mean"] == pytest.approx(1.0)
+    assert got["psnr_diff_sem"] == pytest.approx(math.sqrt(2) / 2)
+    assert got["colorfulness_ratio_diff"] == pytest.approx(0.6 - 0.5)
+    gray_truths = {f: {**r, "colorfulness_gt": 0.0} for f, r in old.items()}
+    assert paired_difference(new, gray_truths)["colorfulness_ratio_diff"] is None
+    with pytest.raises(ValueError, match="share 1 photo"):
+        paired_difference(rows([1.0]), rows([1.0, 2.0]))
+
+
+def test_cli_evaluate_against_another_report(tmp_path, capsys):
+    """Two files on the same photos: paired.json compares them photo by photo; a folder
+    that is not a report is refused before any photo is colorized."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        gray = Image.effect_mandelbrot((48, 40), (-2, -1.5, 1, 1.5), 40 + i)
+        Image.merge("RGB", (gray, gray.point(lambda v: 255 - v), gray)).save(data / f"p{i}.png")
+    reports = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = tmp_path / f"m{seed}.pt"
+        export(Colorizer(TINY), model)
+        reports.append(tmp_path / f"r{seed}")
+        args = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(reports[-1])]
+        args += ["--precision", "fp32", "--device", "cpu"]
+        if seed == 1:
+            args += ["--against", str(reports[0])]
+        assert main(args) == 0
+    paired = json.loads((reports[1] / "paired.json").read_text())
+    first = [json.loads(x) for x in (reports[0] / "per_image.jsonl").read_text().splitlines()]
+    second = [json.loads(x) for x in (reports[1] / "per_image.jsonl").read_text().splitlines()]
+    want = sum(b["psnr"] - a["psnr"] for a, b in zip(first, second, strict=True)) / 3
+    assert paired["images"] == 3 and paired["psnr_diff_mean"] == pytest.approx(want)
+    assert paired["colorfulness_ratio_diff"] is not None
+    assert "against" in capsys.readouterr().out
+    refused = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "x")]
+    assert main([*refused, "--against", str(data)]) == 2
+    assert "per_image.jsonl does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
