@@ -1,7 +1,8 @@
 """`colorizer export CHECKPOINT --out FILE.pt`: one TorchScript file with its ModelSpec.
 
 The file holds the network in its inference layout (``training.inference``), which takes
-the gray image at the backbone's own size; the spec written beside it says which.
+the gray image at the backbone's own size, or both inputs at ``--input-size``; the spec
+written beside it says which.
 Refuses to write the file when TorchScript and eager outputs differ by more than
 ``PARITY_TOLERANCE`` on fresh random inputs (fp32).
 
@@ -35,6 +36,15 @@ from training.inference import (
 from training.model import Colorizer, ColorizerConfig, ColorizerEnsemble, Network
 
 PARITY_TOLERANCE = 1e-4
+# An input side the network runs at must be a multiple of this: at an odd multiple of 8,
+# Lite0's TF "same" padding pads its stride-16 stages unevenly, which shifts the fused stage
+# map against the encoder's grid (on training photos 184 px scored 0.15 dB below 176 px,
+# and 168 px 0.5 dB below).
+INPUT_SIZE_MULTIPLE = 16
+
+
+class InputSizeError(ValueError):
+    """The network cannot run at the asked input size (see the message)."""
 
 
 class ExportParityError(RuntimeError):
@@ -49,9 +59,40 @@ def random_inputs(spec: ModelSpec, batch: int, seed: int) -> tuple[torch.Tensor,
     return l_in, gray
 
 
-def export_spec(model: Network) -> ModelSpec:
-    """The spec of ``model``'s exported file: gray input at the backbone's own size."""
-    return replace(ModelSpec(), gray_size=backbone_size(model, ModelSpec().gray_size))
+def export_spec(model: Network, input_size: int | None = None) -> ModelSpec:
+    """The spec of ``model``'s exported file: gray input at the backbone's own size, or
+    both inputs at ``input_size`` (see ``check_input_size``)."""
+    spec = replace(ModelSpec(), gray_size=backbone_size(model, ModelSpec().gray_size))
+    if input_size is None:
+        return spec
+    check_input_size(spec, input_size)
+    return replace(spec, l_size=input_size, gray_size=input_size)
+
+
+def check_input_size(spec: ModelSpec, input_size: int) -> None:
+    """Raise InputSizeError unless a network of ``spec`` (its own sizes) can run at
+    ``input_size``: both sides the same (one grid for the encoder and the backbone's tap)
+    and a positive multiple of INPUT_SIZE_MULTIPLE."""
+    if spec.gray_size != spec.l_size:
+        raise InputSizeError(
+            f"--input-size needs a backbone that takes the L input's size ({spec.l_size} px); "
+            f"this network's takes {spec.gray_size} px, so it runs only at its own sizes"
+        )
+    if input_size <= 0 or input_size % INPUT_SIZE_MULTIPLE:
+        raise InputSizeError(
+            f"--input-size {input_size} is not a positive multiple of {INPUT_SIZE_MULTIPLE} "
+            f"(accepted: 16, 32, ..., e.g. 176 or {spec.l_size})"
+        )
+
+
+def run_backbone_at(model: Network, size: int) -> Network:
+    """The eager ``model`` (in place) with its backbone taking the gray input as given at
+    ``size`` px instead of resizing it to the training size: what the exported file does
+    at ``--input-size size``, so parity compares like with like."""
+    for module in model.modules():
+        if isinstance(module, (Colorizer, ColorizerEnsemble)):
+            module.embed_size = size
+    return model
 
 
 def script_model(model: Network) -> torch.jit.ScriptModule:
@@ -88,17 +129,20 @@ def export(
     out: str | Path,
     seed: int = 0,
     half: bool = False,
+    input_size: int | None = None,
 ) -> float:
     """Script, check parity (before AND after a save/load round trip), write ``out`` with
-    ``export_spec(model)`` and the network's config (``NETWORK_FILE``) embedded.
+    ``export_spec(model, input_size)`` and the network's config (``NETWORK_FILE``) embedded.
 
     ``half``: store the weights as float16 (see ``save_scripted``); the eager model is
     rounded the same way first (``round_to_half``, in place), so parity compares like with
     like. Returns the max abs difference; raises ExportParityError above PARITY_TOLERANCE.
     """
     out = Path(out)
-    spec = export_spec(model)
+    spec = export_spec(model, input_size)
     model = (round_to_half(model) if half else model.float()).eval()
+    if input_size is not None:
+        run_backbone_at(model, input_size)  # in place, like the rounding
     scripted = script_model(model)
     diff = parity(model, scripted, spec, seed)
     if diff > PARITY_TOLERANCE:
@@ -200,6 +244,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="classification head: apply the choice of a `colorizer tune-decoding` file",
     )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="run the network at this side (px) instead of its training size: the photo is "
+        "resized to it for both inputs and the a*b* comes back at it. Smaller is cheaper "
+        f"(compute goes with the square) and coarser; a multiple of {INPUT_SIZE_MULTIPLE}. "
+        "Default: the training size, or with --from-exported the file's own",
+    )
     p.add_argument("--temperature", type=float, help="classification head: annealed-mean T")
     p.add_argument(
         "--prior-correction", type=float, help="classification head: post-hoc logit adjustment"
@@ -234,10 +286,18 @@ def run(args: argparse.Namespace) -> int:
         )
         model.with_decoding(temperature, correction)
         print(f"decoding: temperature {temperature}, prior correction {correction}")
+    input_size = args.input_size
+    if input_size is None and args.from_exported:
+        _, source_spec = load_scripted(args.from_exported)
+        input_size = source_spec.l_size if source_spec.l_size == source_spec.gray_size else None
+    spec = export_spec(model, input_size)
     reference = copy.deepcopy(model).float().eval() if args.half else None
-    diff = export(model, args.out, seed=args.seed, half=args.half)  # rounds ``model`` if half
+    # rounds ``model`` if half, and runs its backbone at ``input_size``
+    diff = export(model, args.out, seed=args.seed, half=args.half, input_size=input_size)
     if reference is not None:
-        change = rounding_change(reference, model, export_spec(model), args.seed)
+        if input_size is not None:
+            run_backbone_at(reference, input_size)
+        change = rounding_change(reference, model, spec, args.seed)
         print(f"float16 weights change a*b* by at most {change:.3g} Lab units on random inputs")
     print(f"export parity: max |eager - torchscript| = {diff:.3g} (limit {PARITY_TOLERANCE})")
     print(f"wrote {args.out}")

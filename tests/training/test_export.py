@@ -141,6 +141,52 @@ def test_export_takes_the_gray_image_at_the_backbone_size(tmp_path):
     assert pipeline.prepare([torch.rand(3, 40, 50)]).gray_in.shape == (1, 1, 96, 96)
 
 
+def test_export_runs_the_network_at_the_asked_input_size(tmp_path):
+    """--input-size S: both inputs at S (the spec says so), the a*b* at S, and the trained
+    network's output with its backbone taking the gray image at S (no resize back to the
+    training size inside). A re-export keeps the file's S unless told another."""
+    network = tiny_ensemble(embed_size=224)
+    out = tmp_path / "m.pt"
+    export_mod.export(copy.deepcopy(network), out, input_size=160)
+    scripted, spec = load_scripted(out)
+    assert spec == replace(ModelSpec(), l_size=160, gray_size=160)
+    l_in, gray = export_mod.random_inputs(spec, 2, seed=5)
+    at_160 = export_mod.run_backbone_at(copy.deepcopy(network), 160)
+    with torch.inference_mode():
+        ab = scripted(l_in, gray)
+        assert ab.shape == (2, 2, 160, 160)
+        assert torch.allclose(ab, at_160(l_in, gray), atol=1e-5)
+        assert not torch.allclose(ab, network(l_in, gray), atol=1e-3)  # gray resized to 224
+    prepared = ColorizePipeline.load(out, device="cpu", precision="fp32").prepare(
+        [torch.rand(3, 40, 50)]
+    )
+    assert prepared.l_in.shape == prepared.gray_in.shape == (1, 1, 160, 160)
+    kept, back = tmp_path / "kept.pt", tmp_path / "back.pt"
+    assert main(["export", "--from-exported", str(out), "--out", str(kept)]) == 0
+    assert load_scripted(kept)[1] == spec
+    args = ["export", "--from-exported", str(out), "--input-size", "224", "--out", str(back)]
+    assert main(args) == 0
+    assert load_scripted(back)[1] == replace(ModelSpec(), gray_size=224)
+
+
+@pytest.mark.parametrize(
+    "embed_size, size, words",
+    [(224, 168, "not a positive multiple of 16"), (224, -16, "not a positive multiple of 16"),
+     (96, 160, "this network's takes 96 px")],
+)  # fmt: skip
+def test_export_refuses_an_input_size_the_network_cannot_run_at(
+    tmp_path, capsys, embed_size, size, words
+):
+    """An odd multiple of 8 misaligns the backbone's stride-16 stage with the encoder's grid,
+    and a backbone that takes another size than L's has no one size for both inputs."""
+    first, out = tmp_path / "first.pt", tmp_path / "out.pt"
+    export_mod.export(tiny_ensemble(embed_size=embed_size), first)
+    args = ["export", "--from-exported", str(first), "--input-size", str(size), "--out", str(out)]
+    assert main(args) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_export_keeps_the_decoding_re_tunable(tmp_path):
     """An exported ensemble's head output decodes, with any decoding, to what the trained
     ensemble gives (the pooled logits differ from its mean log-softmax by a per-pixel
