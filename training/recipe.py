@@ -4,6 +4,7 @@ from it.
 
     python -m training.recipe args    # the `colorizer train` options, shell-quoted
     python -m training.recipe floor   # the colorfulness floor the decoding is tuned at
+    python -m training.recipe input-size  # the side (px) the exported default runs at
 """
 
 from __future__ import annotations
@@ -28,15 +29,24 @@ DEFAULT_RECIPE: tuple[str, ...] = (
     "--epochs", "60", "--lr-schedule", "cosine", "--batch-size", "16", "--lr", "1e-3",
     "--seed", "0", "--workers", "1",
 )  # fmt: skip
+# The exported default runs at this side instead of the 224 it trained at: 0.62 of the
+# compute, at no measurable loss on val (model card, "Input size").
+INPUT_SIZE = 176
+
 # The second member trains against Zhang et al.'s soft targets instead of the nearest bin.
 SOFT_MEMBER: tuple[str, ...] = ("--target-bins", "5")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__)
-    p.add_argument("what", choices=("args", "floor"))
+    p.add_argument("what", choices=("args", "floor", "input-size"))
     args = p.parse_args(argv)
-    print(shlex.join(DEFAULT_RECIPE) if args.what == "args" else MIN_COLORFULNESS_RATIO)
+    answers = {
+        "args": shlex.join(DEFAULT_RECIPE),
+        "floor": MIN_COLORFULNESS_RATIO,
+        "input-size": INPUT_SIZE,
+    }
+    print(answers[args.what])
     return 0
 
 

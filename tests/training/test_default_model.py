@@ -11,6 +11,7 @@ import torch
 from serving.runtime.model_spec import load_scripted, stored_half
 from serving.runtime.pipeline import ColorizePipeline
 from tests.support.photos import open_image, photo_paths
+from training import recipe
 from training.decoding import read_choice
 from training.evaluate import evaluate
 
@@ -26,7 +27,7 @@ def test_default_weights_are_shipped_small_and_loadable():
     assert weights.is_file(), "model_store/default/colorizer.pt is missing (make default-model)"
     assert weights.stat().st_size <= MAX_BYTES
     module, spec = load_scripted(weights)
-    assert spec.l_size == 224 and spec.gray_size == 224  # Lite0's own input size
+    assert spec.l_size == spec.gray_size == recipe.INPUT_SIZE  # the recipe's, both inputs
     assert (DEFAULT / "MODEL_CARD.md").is_file()
 
 
@@ -88,7 +89,8 @@ def test_default_colorizes_in_every_precision(precision, caplog):
         )
     batch = pipeline.prepare([photo])
     ab = pipeline.infer(batch)
-    assert ab.shape == (1, 2, 224, 224) and torch.isfinite(ab).all()
+    side = recipe.INPUT_SIZE
+    assert ab.shape == (1, 2, side, side) and torch.isfinite(ab).all()
     want = reference.infer(reference.prepare([photo]))
     assert float((ab - want).abs().mean()) * 128 < 3.0
     (rgb,) = pipeline.finish(batch, ab)
