@@ -305,6 +305,18 @@ def _pipeline_worker(model: str, device: str, precision: str, threads: int, data
     return start, time.time(), time.process_time() - cpu
 
 
+def times_faster(new_ms: dict[str, float], other_ms: dict[str, float]) -> dict[str, float]:
+    """Per stage and for the whole request: the other file's milliseconds over the new one's
+    (above 1: the new one is faster). Issue #33's speed goal reads ``whole`` >= 3."""
+    return {k: other_ms[k] / new_ms[k] for k in (*STAGES, "whole")}
+
+
+def served_over_in_process(served_img_s: float, before_img_s: float, after_img_s: float) -> float:
+    """Served throughput over the in-process pipelines' mean of the runs before and after it
+    (the load of a shared machine drifts). Issue #33's served goal reads it >= 0.9."""
+    return served_img_s / ((before_img_s + after_img_s) / 2)
+
+
 def in_process_throughput(args: argparse.Namespace, data: bytes) -> tuple[float, float, float]:
     """(images/s of ``--parallel`` pipelines in separate processes on the same photo, the
     images/s they would reach on dedicated cores from their CPU time, as for a server,
@@ -744,13 +756,11 @@ def run(args: argparse.Namespace) -> int:
                 base = _child(args, photo, "new", baseline=True)
                 size["runs"].append(base)
                 new = size["runs"][0]
-                size["baseline_over_new"] = {
-                    k: base["ms"][k] / new["ms"][k] for k in (*STAGES, "whole")
-                }
+                size["baseline_over_new"] = times_faster(new["ms"], base["ms"])
             if mp <= args.reference_max_mp:
                 size["runs"].append(_child(args, photo, "reference"))
                 new, ref = size["runs"][0], size["runs"][-1]
-                ratio = {k: ref["ms"][k] / new["ms"][k] for k in (*STAGES, "whole")}
+                ratio = times_faster(new["ms"], ref["ms"])
                 peaks = new["peak_rss_growth_bytes"], ref["peak_rss_growth_bytes"]
                 ratio["peak"] = peaks[1] / peaks[0] if all(peaks) else float("nan")
                 size["reference_over_new"] = ratio
@@ -784,7 +794,7 @@ def run(args: argparse.Namespace) -> int:
         results["in_process_img_s_before_after"] = [before, after]
         results["in_process_img_s"] = (before + after) / 2
         for row in served:
-            row["over_in_process"] = row["img_s"] / results["in_process_img_s"]
+            row["over_in_process"] = served_over_in_process(row["img_s"], before, after)
             if "img_s_on_dedicated_cores" in row:
                 row["over_in_process_on_dedicated_cores"] = (
                     row["img_s_on_dedicated_cores"] / in_process_dedicated

@@ -23,8 +23,10 @@ from serving.benchmark import (
     has_amx,
     network_flops,
     replace_section,
+    served_over_in_process,
     slug,
     this_machine,
+    times_faster,
 )
 from serving.cli import main
 from tests.support.paths import REPO
@@ -46,6 +48,8 @@ def test_pipeline_bench_runs_a_baseline_beside_the_model(tiny_model, tmp_path, c
     assert (new["path"], base["path"]) == ("new", "baseline")
     assert base["dtype"] == "float32" and not base["frozen"]  # the baseline's defaults
     assert set(size["baseline_over_new"]) == {*STAGES, "whole"}
+    for stage, ratio in size["baseline_over_new"].items():
+        assert ratio == pytest.approx(base["ms"][stage] / new["ms"][stage])
     flops = network_flops(tiny_model, "cpu")
     assert flops > 0 and new["network_gflop"] == base["network_gflop"] == flops / 1e9
 
@@ -214,3 +218,15 @@ def test_server_cpu_time_is_counted_per_role_front_included(tmp_path):
                 child.kill()
             proc.kill()
             proc.wait()
+
+
+def test_the_goal_ratios_read_above_one_when_the_new_file_is_faster():
+    """Issue #33's goals as pipeline-bench computes them: baseline ms over new ms (3x: the
+    new request takes a third of the time), and served img/s over the mean in-process
+    img/s before and after the served runs."""
+    new = {stage: 1.0 for stage in STAGES} | {"whole": 40.0}
+    old = {stage: 2.0 for stage in STAGES} | {"whole": 130.0}
+    ratios = times_faster(new, old)
+    assert ratios["whole"] == pytest.approx(3.25) and ratios["whole"] >= 3
+    assert all(ratios[stage] == 2.0 for stage in STAGES)
+    assert served_over_in_process(45.0, 48.0, 52.0) == pytest.approx(0.9)
